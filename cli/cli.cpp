@@ -1,0 +1,560 @@
+#include "cli/cli.h"
+
+#include <algorithm>
+#include <istream>
+#include <memory>
+#include <ostream>
+#include <random>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <termios.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "core/secret.h"
+#include "core/time.h"
+#include "core/token.h"
+#include "scheduler/clock.h"
+#include "scheduler/policy.h"
+#include "storage/crypto.h"
+#include "storage/sqlite_token_store.h"
+
+namespace tw {
+
+namespace {
+
+constexpr const char* kDefaultConfig = "/etc/tokenwarden/tokenwarden.yaml";
+constexpr std::size_t kMaxStdin = 64 * 1024;
+constexpr std::size_t kMaxField = 256;
+
+constexpr const char* kExitCodes =
+    "Exit codes: 0 success; 1 operational failure (database, key file, I/O); 2 bad usage or "
+    "input, nothing changed; 3 no such token; 78 bad configuration.";
+
+int exit_code_for(const Error& e) {
+  switch (e.code()) {
+    case Errc::kNotFound:
+      return kExitNotFound;
+    case Errc::kConfig:
+      return kExitConfig;
+    case Errc::kInvalidArgument:
+    case Errc::kAlreadyExists:
+      return kExitUsage;
+    default:
+      return kExitFailure;
+  }
+}
+
+int report(CliEnv& env, const Error& e) {
+  env.err << "tokenwarden: error: " << e.message() << "\n";
+  return exit_code_for(e);
+}
+
+Error usage(std::string message) {
+  return Error(Errc::kInvalidArgument, std::move(message));
+}
+
+// Identifiers from the command line: non-empty, short, printable ASCII without spaces.
+Status check_field(std::string_view name, const std::string& value, std::size_t max = kMaxField) {
+  if (value.empty()) return usage(std::string(name) + " must not be empty");
+  if (value.size() > max) {
+    return usage(std::string(name) + " is longer than " + std::to_string(max) + " bytes");
+  }
+  for (unsigned char c : value) {
+    if (c <= 0x20 || c >= 0x7f) {
+      return usage(std::string(name) + " must be printable ASCII without spaces");
+    }
+  }
+  return Ok();
+}
+
+// Turns off terminal echo while secrets are typed; restores it on scope exit.
+class EchoOff {
+ public:
+  EchoOff() {
+    if (tcgetattr(STDIN_FILENO, &saved_) == 0) {
+      termios quiet = saved_;
+      quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+      active_ = tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) == 0;
+    }
+  }
+  ~EchoOff() {
+    if (active_) tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_);
+  }
+  EchoOff(const EchoOff&) = delete;
+  EchoOff& operator=(const EchoOff&) = delete;
+
+ private:
+  termios saved_{};
+  bool active_ = false;
+};
+
+// A token as read from stdin: printable ASCII, no spaces, at most kMaxStdin bytes.
+Status check_secret(std::string_view what, std::string_view s) {
+  for (unsigned char c : s) {
+    if (c <= 0x20 || c >= 0x7f) {
+      return usage(std::string(what) +
+                   " on stdin contains a space, a control character or a non-ASCII byte");
+    }
+  }
+  return Ok();
+}
+
+// Reads the secrets for `kind` from stdin: either two lines (access token, then refresh token,
+// which may be empty or absent) or a JSON object {"access_token": .., "refresh_token": ..}.
+Result<TokenSecrets> read_stdin_secrets(CliEnv& env, TokenKind kind) {
+  std::unique_ptr<EchoOff> echo_off;
+  if (env.stdin_is_tty) {
+    env.err << "Paste the access token, Enter, then the refresh token (or nothing), Enter, "
+               "Ctrl-D. Input is hidden.\n";
+    echo_off = std::make_unique<EchoOff>();
+  }
+  std::string raw(kMaxStdin + 1, '\0');
+  env.in.read(raw.data(), static_cast<std::streamsize>(raw.size()));
+  raw.resize(static_cast<std::size_t>(env.in.gcount()));
+  struct Wipe {
+    std::string& s;
+    ~Wipe() { wipe(s); }
+  } wipe_raw{raw};
+  if (raw.size() > kMaxStdin) {
+    return usage("stdin holds more than " + std::to_string(kMaxStdin) + " bytes: not a token");
+  }
+
+  TokenSecrets out;
+  std::size_t first = raw.find_first_not_of(" \t\r\n");
+  if (first != std::string::npos && raw[first] == '{') {
+    auto doc = nlohmann::json::parse(raw, nullptr, /*allow_exceptions=*/false);
+    if (doc.is_discarded() || !doc.is_object()) return usage("stdin is not a valid JSON object");
+    for (auto& [key, value] : doc.items()) {
+      if (key != "access_token" && key != "refresh_token") {
+        return usage("unknown key \"" + key +
+                     "\" in the JSON on stdin (expected access_token, "
+                     "refresh_token)");
+      }
+      if (!value.is_string()) return usage(key + " in the JSON on stdin must be a string");
+      auto& s = value.get_ref<std::string&>();
+      (key == "access_token" ? out.access_token : out.refresh_token) = Secret::take(s);
+    }
+  } else {
+    std::vector<std::string> lines;
+    std::size_t pos = 0;
+    while (pos < raw.size()) {
+      std::size_t end = raw.find('\n', pos);
+      if (end == std::string::npos) end = raw.size();
+      std::string line = raw.substr(pos, end - pos);
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      lines.push_back(std::move(line));
+      pos = end + 1;
+    }
+    while (!lines.empty() && lines.back().empty())
+      lines.pop_back();
+    if (lines.size() > 2) {
+      for (auto& l : lines)
+        wipe(l);
+      return usage(
+          "stdin has more than two lines: expected the access token, then the refresh "
+          "token");
+    }
+    if (!lines.empty()) out.access_token = Secret::take(lines[0]);
+    if (lines.size() == 2) out.refresh_token = Secret::take(lines[1]);
+  }
+  if (auto st = check_secret("the access token", out.access_token.reveal()); !st) return st.error();
+  if (auto st = check_secret("the refresh token", out.refresh_token.reveal()); !st) {
+    return st.error();
+  }
+  if (out.access_token.empty() && out.refresh_token.empty()) return usage("no token on stdin");
+  if (kind_needs_refresh_secret(kind) && out.refresh_token.empty()) {
+    return usage("a " + std::string(to_string(kind)) +
+                 " needs its refresh token on the second line of stdin");
+  }
+  if (kind != TokenKind::kRefreshToken && out.access_token.empty()) {
+    return usage("a " + std::string(to_string(kind)) +
+                 " needs its access token on the first line of stdin");
+  }
+  return out;
+}
+
+nlohmann::json to_json(const TokenRecord& r) {
+  auto opt = [](const std::optional<SysTime>& t) -> nlohmann::json {
+    return t ? nlohmann::json(format_time(*t)) : nlohmann::json(nullptr);
+  };
+  return {
+      {"id", r.id},
+      {"provider", to_string(r.provider)},
+      {"kind", to_string(r.kind)},
+      {"workspace_id", r.workspace_id},
+      {"account_id", r.account_id},
+      {"scopes", r.scopes},
+      {"state", to_string(r.state)},
+      {"state_since", format_time(r.state_since)},
+      {"expires_at", opt(r.expires_at)},
+      {"refresh_expires_at", opt(r.refresh_expires_at)},
+      {"next_refresh_due", opt(r.next_refresh_due)},
+      {"next_check_due", opt(r.next_check_due)},
+      {"consecutive_failures", r.consecutive_failures},
+      {"last_error_class", to_string(r.last_error_class)},
+      {"last_error_operation",
+       r.last_error_operation ? nlohmann::json(to_string(*r.last_error_operation)) : nullptr},
+      {"last_error_message", r.last_error_message},
+      {"last_error_at", opt(r.last_error_at)},
+      {"last_refreshed_at", opt(r.last_refreshed_at)},
+      {"last_checked_at", opt(r.last_checked_at)},
+      {"connected_at", format_time(r.connected_at)},
+      {"created_at", format_time(r.created_at)},
+      {"updated_at", format_time(r.updated_at)},
+      {"lease_owner",
+       r.lease_owner.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.lease_owner)},
+      {"lease_until", opt(r.lease_until)},
+      {"has_access_token", r.has_access_token},
+      {"has_refresh_token", r.has_refresh_token},
+  };
+}
+
+std::string error_summary(const TokenRecord& r) {
+  if (r.last_error_class == ErrorClass::kNone || r.state == TokenState::kActive) return "";
+  std::string s = std::string(to_string(r.last_error_class)) + ": " + r.last_error_message;
+  if (s.size() > 60) s = s.substr(0, 57) + "...";
+  return s;
+}
+
+void print_table(std::ostream& out, const std::vector<TokenRecord>& rows) {
+  const std::vector<std::string> head{"ID",    "PROVIDER",     "KIND",       "WORKSPACE", "ACCOUNT",
+                                      "STATE", "NEXT REFRESH", "NEXT CHECK", "ERROR"};
+  std::vector<std::vector<std::string>> cells{head};
+  for (const TokenRecord& r : rows) {
+    cells.push_back({r.id, std::string(to_string(r.provider)), std::string(to_string(r.kind)),
+                     r.workspace_id, r.account_id, std::string(to_string(r.state)),
+                     format_time(r.next_refresh_due), format_time(r.next_check_due),
+                     error_summary(r)});
+  }
+  std::vector<std::size_t> width(head.size(), 0);
+  for (const auto& row : cells) {
+    for (std::size_t i = 0; i < row.size(); ++i)
+      width[i] = std::max(width[i], row[i].size());
+  }
+  for (const auto& row : cells) {
+    std::string line;
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line += std::string(width[i] - row[i].size() + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ')
+      line.pop_back();
+    out << line << "\n";
+  }
+}
+
+void print_record(std::ostream& out, const TokenRecord& r) {
+  auto line = [&out](std::string_view k, const std::string& v) {
+    out << k << ":" << std::string(22 - k.size(), ' ') << (v.empty() ? "-" : v) << "\n";
+  };
+  line("id", r.id);
+  line("provider", std::string(to_string(r.provider)));
+  line("kind", std::string(to_string(r.kind)));
+  line("workspace", r.workspace_id);
+  line("account", r.account_id);
+  line("scopes", r.scopes);
+  line("state", std::string(to_string(r.state)) + " since " + format_time(r.state_since));
+  line("expires at", format_time(r.expires_at));
+  line("refresh expires at", format_time(r.refresh_expires_at));
+  line("next refresh", r.next_refresh_due ? format_time(*r.next_refresh_due) : "not scheduled");
+  line("next check", r.next_check_due ? format_time(*r.next_check_due) : "not scheduled");
+  line("last refreshed", format_time(r.last_refreshed_at));
+  line("last checked", format_time(r.last_checked_at));
+  line("failures in a row", std::to_string(r.consecutive_failures));
+  if (r.last_error_class != ErrorClass::kNone) {
+    line("last error", std::string(to_string(r.last_error_class)) + " during " +
+                           (r.last_error_operation ? std::string(to_string(*r.last_error_operation))
+                                                   : std::string("?")) +
+                           " at " + format_time(r.last_error_at) + ": " + r.last_error_message);
+  } else {
+    line("last error", "");
+  }
+  line("connected", format_time(r.connected_at));
+  line("created", format_time(r.created_at));
+  line("secrets", std::string(r.has_access_token ? "access token" : "") +
+                      (r.has_access_token && r.has_refresh_token ? ", " : "") +
+                      (r.has_refresh_token ? "refresh token" : "") + " (encrypted)");
+  if (!r.lease_owner.empty()) line("lease", r.lease_owner + " until " + format_time(r.lease_until));
+}
+
+Policy make_policy(const Config& config) {
+  auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
+  return Policy(PolicyConfig::from(config),
+                [rng] { return std::uniform_real_distribution<double>(0.0, 1.0)(*rng); });
+}
+
+// Shared state of one invocation.
+struct Invocation {
+  explicit Invocation(CliEnv& e) : env(e) {}
+
+  CliEnv& env;
+  std::string config_path = kDefaultConfig;
+  SystemClock clock;
+
+  Result<Config> config() { return load_config(config_path); }
+
+  Result<std::unique_ptr<SqliteTokenStore>> store(const Config& c) {
+    return open_token_store(c.database, c.key, env.credentials_directory);
+  }
+};
+
+// --- commands ---------------------------------------------------------------------------------
+
+int cmd_keygen(Invocation& inv, const std::string& out_path) {
+  auto id = write_new_key_file(out_path);
+  if (!id) return report(inv.env, id.error());
+  inv.env.out << "wrote key " << *id << " to " << out_path << " (mode 0600)\n";
+  return kExitOk;
+}
+
+struct AddArgs {
+  std::string provider, kind, workspace, account, scopes, expires_at, refresh_expires_at;
+};
+
+Result<NewToken> parse_add(const AddArgs& a, SysTime now) {
+  NewToken t;
+  auto provider = parse_provider(a.provider);
+  if (!provider) {
+    return usage("unknown provider \"" + a.provider + "\" (expected meta, google or tiktok)");
+  }
+  auto kind = parse_token_kind(a.kind);
+  if (!kind) {
+    return usage("unknown kind \"" + a.kind +
+                 "\" (expected page_token, user_token, refresh_token, business_token, "
+                 "client_credentials or api_key)");
+  }
+  if (!kind_allowed(*provider, *kind)) {
+    return usage(std::string(to_string(*provider)) + " has no " + std::string(to_string(*kind)) +
+                 " tokens");
+  }
+  t.provider = *provider;
+  t.kind = *kind;
+  if (auto st = check_field("--workspace", a.workspace); !st) return st.error();
+  if (auto st = check_field("--account", a.account); !st) return st.error();
+  if (!a.scopes.empty()) {
+    if (auto st = check_field("--scopes", a.scopes, 4096); !st) return st.error();
+  }
+  t.workspace_id = a.workspace;
+  t.account_id = a.account;
+  t.scopes = a.scopes;
+  if (!a.expires_at.empty()) {
+    auto e = parse_time(a.expires_at, now);
+    if (!e) return usage("--expires-at: " + e.error().message());
+    t.expires_at = *e;
+  }
+  if (!a.refresh_expires_at.empty()) {
+    auto e = parse_time(a.refresh_expires_at, now);
+    if (!e) return usage("--refresh-expires-at: " + e.error().message());
+    t.refresh_expires_at = *e;
+  }
+  return t;
+}
+
+int cmd_add(Invocation& inv, const AddArgs& args) {
+  const SysTime now = inv.clock.now();
+  // Validate everything before touching the database, so bad input changes nothing.
+  auto token = parse_add(args, now);
+  if (!token) return report(inv.env, token.error());
+  auto secrets = read_stdin_secrets(inv.env, token->kind);
+  if (!secrets) return report(inv.env, secrets.error());
+  auto config = inv.config();
+  if (!config) return report(inv.env, config.error());
+  auto store = inv.store(*config);
+  if (!store) return report(inv.env, store.error());
+  Policy policy = make_policy(*config);
+  auto result =
+      (*store)->upsert(*token, *secrets, now, [&](TokenRecord& r) { policy.schedule_new(r, now); });
+  if (!result) return report(inv.env, result.error());
+  const TokenRecord& r = result->record;
+  inv.env.out << (result->created ? "added " : "reconnected ") << r.id << " ("
+              << to_string(r.provider) << " " << to_string(r.kind) << ", account " << r.account_id
+              << "); next refresh "
+              << (r.next_refresh_due ? format_time(*r.next_refresh_due) : "not scheduled")
+              << ", next check " << format_time(r.next_check_due) << "\n";
+  return kExitOk;
+}
+
+struct ListArgs {
+  std::string provider, state, workspace;
+  bool json = false;
+};
+
+int cmd_list(Invocation& inv, const ListArgs& args) {
+  ListFilter filter;
+  if (!args.provider.empty()) {
+    filter.provider = parse_provider(args.provider);
+    if (!filter.provider)
+      return report(inv.env, usage("unknown provider \"" + args.provider + "\""));
+  }
+  if (!args.state.empty()) {
+    filter.state = parse_token_state(args.state);
+    if (!filter.state) return report(inv.env, usage("unknown state \"" + args.state + "\""));
+  }
+  if (!args.workspace.empty()) filter.workspace_id = args.workspace;
+  auto config = inv.config();
+  if (!config) return report(inv.env, config.error());
+  auto store = inv.store(*config);
+  if (!store) return report(inv.env, store.error());
+  auto rows = (*store)->list(filter);
+  if (!rows) return report(inv.env, rows.error());
+  if (args.json) {
+    nlohmann::json arr = nlohmann::json::array();
+    for (const auto& r : *rows)
+      arr.push_back(to_json(r));
+    inv.env.out << arr.dump(2) << "\n";
+  } else {
+    print_table(inv.env.out, *rows);
+  }
+  return kExitOk;
+}
+
+int cmd_show(Invocation& inv, const std::string& id, bool json) {
+  auto config = inv.config();
+  if (!config) return report(inv.env, config.error());
+  auto store = inv.store(*config);
+  if (!store) return report(inv.env, store.error());
+  auto row = (*store)->find(id);
+  if (!row) return report(inv.env, row.error());
+  if (!*row) return report(inv.env, Error(Errc::kNotFound, "no token " + id));
+  if (json) {
+    inv.env.out << to_json(**row).dump(2) << "\n";
+  } else {
+    print_record(inv.env.out, **row);
+  }
+  return kExitOk;
+}
+
+int cmd_remove(Invocation& inv, const std::string& id) {
+  auto config = inv.config();
+  if (!config) return report(inv.env, config.error());
+  auto store = inv.store(*config);
+  if (!store) return report(inv.env, store.error());
+  auto removed = (*store)->remove(id);
+  if (!removed) return report(inv.env, removed.error());
+  if (!*removed) return report(inv.env, Error(Errc::kNotFound, "no token " + id));
+  inv.env.out << "removed " << id << "\n";
+  return kExitOk;
+}
+
+int cmd_rekey(Invocation& inv) {
+  auto config = inv.config();
+  if (!config) return report(inv.env, config.error());
+  auto store = inv.store(*config);
+  if (!store) return report(inv.env, store.error());
+  auto n = (*store)->rekey();
+  if (!n) return report(inv.env, n.error());
+  inv.env.out << "re-encrypted " << *n << " token(s) with the current key\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+int run_cli(const std::vector<std::string>& args, CliEnv& env) {
+  Invocation inv(env);
+  CLI::App app{"tokenwarden " TW_VERSION
+               ": keeps third-party OAuth tokens (Meta, Google, TikTok) alive.\n"
+               "Tokens are stored AES-256-GCM encrypted in SQLite; secrets are read only from "
+               "stdin and never printed.",
+               "tokenwarden"};
+  app.footer(kExitCodes);
+  app.require_subcommand(1);
+  app.add_option("-c,--config", inv.config_path, "Configuration file (YAML)")
+      ->envname("TOKENWARDEN_CONFIG")
+      ->capture_default_str();
+  app.set_version_flag("--version", TW_VERSION);
+
+  std::string key_out;
+  auto* keygen =
+      app.add_subcommand("keygen",
+                         "Write a new random 256-bit encryption key to a file with mode 0600.\n"
+                         "Refuses to overwrite an existing file. Does not read the configuration.");
+  keygen->add_option("--out", key_out, "Path of the new key file")->required();
+
+  AddArgs add_args;
+  auto* add = app.add_subcommand(
+      "add",
+      "Add a token, or reconnect an existing one (same provider and account): its secrets are\n"
+      "replaced and a needs_reauth or revoked state is cleared.\n"
+      "Secrets come from stdin, never from arguments: line 1 the access token, line 2 the\n"
+      "refresh token (if any); or a JSON object {\"access_token\": ..., \"refresh_token\": ...}.\n"
+      "Kinds per provider: meta page_token (refresh secret: the long-lived user token) or\n"
+      "user_token; google refresh_token; tiktok business_token or refresh_token; any provider\n"
+      "client_credentials or api_key (checked, never renewed).");
+  add->add_option("--provider", add_args.provider, "meta, google or tiktok")->required();
+  add->add_option("--kind", add_args.kind,
+                  "page_token, user_token, refresh_token, business_token, "
+                  "client_credentials or api_key")
+      ->required();
+  add->add_option("--workspace", add_args.workspace, "The customer's workspace id")->required();
+  add->add_option("--account", add_args.account, "The provider's account, page or business id")
+      ->required();
+  add->add_option("--scopes", add_args.scopes, "Granted scopes, as the provider lists them");
+  add->add_option("--expires-at", add_args.expires_at,
+                  "When the access token expires: 2026-12-31T00:00:00Z, @<unix>, or +60d");
+  add->add_option("--refresh-expires-at", add_args.refresh_expires_at,
+                  "When the refresh token expires, same formats");
+
+  ListArgs list_args;
+  auto* list = app.add_subcommand("list",
+                                  "List tokens: ids, state, due times, last error. "
+                                  "Never a secret.");
+  list->add_option("--provider", list_args.provider, "Only this provider");
+  list->add_option("--state", list_args.state,
+                   "Only this state: active, failing, needs_reauth, revoked, disabled");
+  list->add_option("--workspace", list_args.workspace, "Only this workspace");
+  list->add_flag("--json", list_args.json, "Print a JSON array instead of a table");
+
+  std::string show_id;
+  bool show_json = false;
+  auto* show = app.add_subcommand("show", "Show everything known about one token but its secrets.");
+  show->add_option("id", show_id, "Token id (tok_...)")->required();
+  show->add_flag("--json", show_json, "Print JSON");
+
+  std::string remove_id;
+  auto* remove = app.add_subcommand("remove", "Delete a token and its encrypted secrets.");
+  remove->add_option("id", remove_id, "Token id (tok_...)")->required();
+
+  auto* rekey = app.add_subcommand(
+      "rekey",
+      "Re-encrypt every secret sealed with a previous key (key.previous_files) with the\n"
+      "current key. Run after rotating the key file; then retire the old key.");
+
+  std::string demo_dir;
+  int demo_days = 35;
+  auto* demo = app.add_subcommand(
+      "demo",
+      "Create a key, a database and sample tokens in a new directory, then run the\n"
+      "scheduler over simulated weeks with a fake clock and print what it did.\n"
+      "Does not read the configuration and makes no network calls.");
+  demo->add_option("--dir", demo_dir, "Directory for the demo files (default: a new one in /tmp)");
+  demo->add_option("--days", demo_days, "Days of schedule to simulate")
+      ->check(CLI::Range(1, 3650))
+      ->capture_default_str();
+
+  std::vector<std::string> argv_rev(args.rbegin(), args.rend());
+  if (!argv_rev.empty()) argv_rev.pop_back();  // the program name
+  try {
+    app.parse(argv_rev);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) {
+      app.exit(e, env.out, env.err);
+      return kExitOk;
+    }
+    env.err << "tokenwarden: error: " << e.what() << "\n"
+            << "Run 'tokenwarden --help' or 'tokenwarden <command> --help'.\n";
+    return kExitUsage;
+  }
+
+  if (*keygen) return cmd_keygen(inv, key_out);
+  if (*add) return cmd_add(inv, add_args);
+  if (*list) return cmd_list(inv, list_args);
+  if (*show) return cmd_show(inv, show_id, show_json);
+  if (*remove) return cmd_remove(inv, remove_id);
+  if (*rekey) return cmd_rekey(inv);
+  if (*demo) return run_demo(demo_dir, demo_days, env);
+  return kExitUsage;
+}
+
+}  // namespace tw

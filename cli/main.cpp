@@ -1,0 +1,18 @@
+// tokenwarden: the executable. Everything it does lives in the library; main() only hands the
+// process's arguments, streams and environment to the command line.
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "cli/cli.h"
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
+  tw::CliEnv env{std::cin, std::cout, std::cerr, isatty(STDIN_FILENO) == 1,
+                 credentials != nullptr ? credentials : ""};
+  return tw::run_cli(args, env);
+}

@@ -1,0 +1,148 @@
+// Config: the one typed configuration, parsed once from YAML.
+//
+// Thread-safety: parse once at start-up (or on reload) and pass each module only its own section,
+// by const reference or copy.
+// Every field has a default, written next to it; config/tokenwarden.example.yaml documents every
+// key and is loaded by a test. Parsing fails, with one line naming the file, the line and the key,
+// on: an unknown key (a typo), a wrong type, a zero or negative period, a missing required key.
+// URLs must start with http:// or https:// and must not end with "/". An empty (null) section
+// reads as `{}`; a provider section that is present enables the provider unless `enabled: false`.
+// Secrets are never in the file itself: a SecretRef names a file, an environment variable or a
+// systemd credential, and is resolved only when the secret is needed.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/result.h"
+#include "core/secret.h"
+#include "core/time.h"
+
+namespace tw {
+
+// Where a secret comes from. In YAML: `{file: /path}`, `{env: NAME}` or `{credential: NAME}`
+// (a file in $CREDENTIALS_DIRECTORY, as systemd's LoadCredential= provides).
+struct SecretRef {
+  enum class Source { kNone, kFile, kEnv, kCredential };
+  Source source = Source::kNone;
+  std::string name;  // the path, variable or credential name: never the secret itself
+
+  bool empty() const { return source == Source::kNone; }
+  // Reads the secret; one trailing newline is dropped. Fails, naming the source but never the
+  // value, when the file or variable is missing or empty.
+  Result<Secret> resolve() const;
+};
+
+struct DatabaseConfig {
+  std::string path = "/var/lib/tokenwarden/tokens.db";  // SQLite file; its WAL sits beside it
+  Millis busy_timeout = std::chrono::seconds(5);        // wait this long for another writer
+};
+
+struct KeyConfig {
+  // 32 random bytes (raw, or 64 hex digits), mode 0600 or stricter. When $CREDENTIALS_DIRECTORY
+  // holds `tokenwarden.key` (systemd LoadCredential=), that file is used instead.
+  std::string file = "/etc/tokenwarden/tokenwarden.key";
+  // Keys retired by a rotation: still accepted for decryption until `tokenwarden rekey` has
+  // re-encrypted every token with the current key.
+  std::vector<std::string> previous_files;
+};
+
+// When tokens of one provider are renewed and checked. An absent optional means "off".
+struct ScheduleConfig {
+  std::optional<Seconds> refresh_every;  // renew this long after the last renewal
+  std::optional<Seconds> renew_before;   // renew this long before expires_at / refresh_expires_at
+  Seconds check_every = std::chrono::hours(1);  // health check period, spread over the period
+};
+
+struct MetaConfig {
+  bool enabled = false;  // true when the `meta` section is present, unless `enabled: false`
+  std::string graph_base_url = "https://graph.facebook.com";
+  std::string api_version = "v25.0";
+  std::string instagram_base_url = "https://graph.instagram.com";
+  std::string app_id;    // required when enabled
+  SecretRef app_secret;  // required when enabled
+  ScheduleConfig schedule{std::chrono::days(7), std::chrono::days(3), std::chrono::hours(1)};
+};
+
+struct GoogleConfig {
+  bool enabled = false;
+  std::string oauth_base_url = "https://oauth2.googleapis.com";
+  std::string business_base_url = "https://mybusinessaccountmanagement.googleapis.com";
+  std::string client_id;    // required when enabled
+  SecretRef client_secret;  // required when enabled
+  // renew_before is off: Google's expires_at is the one-hour access token, refreshed on demand.
+  ScheduleConfig schedule{std::chrono::days(30), std::nullopt, std::chrono::hours(1)};
+};
+
+struct TikTokConfig {
+  bool enabled = false;
+  std::string open_api_base_url = "https://open.tiktokapis.com";
+  std::string business_api_base_url = "https://business-api.tiktok.com";
+  std::string client_key;   // required when enabled (Login Kit / API v2)
+  SecretRef client_secret;  // required when enabled
+  // The API for Business app: give both or neither; when absent they are filled in from
+  // client_key and client_secret.
+  std::string business_app_id;
+  SecretRef business_app_secret;
+  ScheduleConfig schedule{std::nullopt, std::chrono::hours(72), std::chrono::hours(1)};
+};
+
+struct ProvidersConfig {
+  MetaConfig meta;
+  GoogleConfig google;
+  TikTokConfig tiktok;
+};
+
+struct HttpConfig {
+  Millis connect_timeout = std::chrono::seconds(10);
+  Millis total_timeout = std::chrono::seconds(30);  // whole request, including the body
+  int max_in_flight = 64;                           // requests in flight at once, all providers
+  std::size_t max_response_bytes = 1 << 20;         // larger bodies are cut off and fail
+  std::string ca_file;                              // extra CA bundle (tests); empty: system CAs
+  std::string user_agent = "tokenwarden/0.1";
+};
+
+struct RetryConfig {
+  Seconds initial_backoff = std::chrono::seconds(30);  // first retry after a transient failure
+  Seconds max_backoff = std::chrono::hours(1);         // backoff doubles up to this cap
+  double jitter = 0.2;    // each delay is drawn from [d * (1 - jitter), d]; 0 <= jitter <= 1
+  int malformed_cap = 5;  // after this many malformed replies in a row, retry at max_backoff
+};
+
+struct SchedulerConfig {
+  Seconds lease = std::chrono::minutes(5);  // how long a worker owns a token it is working on
+  int batch_size = 256;                     // tokens claimed from the store per wake-up
+};
+
+struct StatusConfig {
+  std::string file = "/var/lib/tokenwarden/status.json";
+};
+
+struct LogConfig {
+  std::string level = "info";   // trace, debug, info, warn, error, critical, off
+  std::string format = "text";  // text or json
+};
+
+struct Config {
+  DatabaseConfig database;
+  KeyConfig key;
+  ProvidersConfig providers;
+  HttpConfig http;
+  RetryConfig retry;
+  SchedulerConfig scheduler;
+  StatusConfig status;
+  LogConfig log;
+
+  std::string source;  // the file it came from, for messages
+};
+
+// Parses YAML text. `source` names it in error messages (a path or "<string>").
+// On failure the Error (Errc::kConfig) message is one line: "<source>:<line>: <key.path>: <why>".
+Result<Config> parse_config(std::string_view yaml, std::string_view source);
+// Reads and parses a file; a missing or unreadable file is an Errc::kConfig error naming it.
+Result<Config> load_config(const std::string& path);
+
+}  // namespace tw

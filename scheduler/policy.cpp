@@ -1,0 +1,189 @@
+#include "scheduler/policy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include <endian.h>
+
+namespace tw {
+
+namespace {
+
+// A token's place in the check period. Stable across builds and platforms, unlike std::hash, so a
+// token keeps its slot across restarts and hosts. Eight bytes a step (little-endian by
+// construction), each mixed with a multiply-xorshift: this runs once per check, the hottest path.
+std::uint64_t stable_hash(std::string_view s) {
+  constexpr std::uint64_t kMul = 0x9E3779B97F4A7C15ULL;
+  std::uint64_t h = 0x243F6A8885A308D3ULL ^ s.size();
+  std::size_t i = 0;
+  auto mix = [&h](std::uint64_t chunk) {
+    h = (h ^ chunk) * kMul;
+    h ^= h >> 29;
+  };
+  for (; i + 8 <= s.size(); i += 8) {
+    std::uint64_t chunk;
+    std::memcpy(&chunk, s.data() + i, 8);
+    mix(le64toh(chunk));
+  }
+  std::uint64_t tail = 0;
+  for (std::size_t b = 0; i + b < s.size(); ++b) {
+    tail |= std::uint64_t{static_cast<unsigned char>(s[i + b])} << (8 * b);
+  }
+  mix(tail);
+  h *= kMul;
+  return h ^ (h >> 32);
+}
+
+// When to renew something that expires at `expiry`, given the time it was obtained.
+SysTime renew_point(SysTime anchor, SysTime expiry, Seconds renew_before) {
+  Seconds lifetime = expiry - anchor;
+  if (lifetime <= Seconds::zero()) return anchor;
+  if (lifetime < renew_before) return anchor + lifetime * 2 / 3;
+  return expiry - renew_before;
+}
+
+}  // namespace
+
+PolicyConfig PolicyConfig::from(const Config& config) {
+  return {config.providers.meta.schedule, config.providers.google.schedule,
+          config.providers.tiktok.schedule, config.retry};
+}
+
+Policy::Policy(PolicyConfig config, std::function<double()> random01)
+    : config_(std::move(config)), random01_(std::move(random01)) {}
+
+const ScheduleConfig& Policy::schedule_for(Provider provider) const {
+  switch (provider) {
+    case Provider::kMeta:
+      return config_.meta;
+    case Provider::kGoogle:
+      return config_.google;
+    case Provider::kTikTok:
+      return config_.tiktok;
+  }
+  die("unknown provider");
+}
+
+bool Policy::renewable(const TokenRecord& r) {
+  if (!kind_renewable(r.kind)) return false;
+  // A Meta Page token is re-derived from the long-lived user token stored as its refresh secret;
+  // a refresh-token grant needs its refresh token.
+  if (r.kind == TokenKind::kPageToken || kind_needs_refresh_secret(r.kind)) {
+    return r.has_refresh_token;
+  }
+  return true;
+}
+
+std::optional<SysTime> Policy::next_refresh(const TokenRecord& r, SysTime now) const {
+  if (!state_scheduled(r.state) || !renewable(r)) return std::nullopt;
+  const ScheduleConfig& s = schedule_for(r.provider);
+  SysTime anchor = std::max(r.connected_at, r.last_refreshed_at.value_or(r.connected_at));
+  std::optional<SysTime> due;
+  auto consider = [&due](SysTime t) { due = due ? std::min(*due, t) : t; };
+  if (s.refresh_every) consider(anchor + *s.refresh_every);
+  if (s.renew_before) {
+    if (r.expires_at) consider(renew_point(anchor, *r.expires_at, *s.renew_before));
+    if (r.refresh_expires_at) consider(renew_point(anchor, *r.refresh_expires_at, *s.renew_before));
+  }
+  return std::max(due.value_or(now), now);
+}
+
+SysTime Policy::next_check(const TokenRecord& r, SysTime now) const {
+  const std::int64_t period = schedule_for(r.provider).check_every.count();
+  // Maps the hash onto [0, period) by a 128-bit multiply (uniform, and no division).
+  __extension__ using u128 = unsigned __int128;
+  const auto offset = static_cast<std::int64_t>(
+      (static_cast<u128>(stable_hash(r.id)) * static_cast<std::uint64_t>(period)) >> 64);
+  // The first t > now with t = offset (mod period); floor division keeps it right before 1970.
+  std::int64_t k = to_unix(now) - offset;
+  std::int64_t slot = (k >= 0 ? k / period : -((-k + period - 1) / period)) + 1;
+  return from_unix(offset + slot * period);
+}
+
+Seconds Policy::backoff(int failures) const {
+  const RetryConfig& rc = config_.retry;
+  double d = static_cast<double>(rc.initial_backoff.count());
+  const double cap = static_cast<double>(rc.max_backoff.count());
+  for (int i = 1; i < failures && d < cap; ++i)
+    d *= 2;
+  d = std::min(d, cap);
+  d *= 1.0 - rc.jitter * random01_();
+  return Seconds{std::max<std::int64_t>(1, std::llround(d))};
+}
+
+void Policy::schedule_new(TokenRecord& r, SysTime now) const {
+  r.next_refresh_due = next_refresh(r, now);
+  r.next_check_due = state_scheduled(r.state) ? std::optional(next_check(r, now)) : std::nullopt;
+}
+
+void Policy::set_state(TokenRecord& r, TokenState s, SysTime now) const {
+  if (r.state != s) {
+    r.state = s;
+    r.state_since = now;
+  }
+}
+
+void Policy::clear_failures(TokenRecord& r, SysTime now) const {
+  r.consecutive_failures = 0;
+  r.last_error_operation.reset();
+  set_state(r, TokenState::kActive, now);
+}
+
+void Policy::on_refresh_success(TokenRecord& r, SysTime now) const {
+  r.last_refreshed_at = now;
+  r.updated_at = now;
+  // A renewal that worked proves the grant is alive, whatever failed before.
+  clear_failures(r, now);
+  r.next_refresh_due = next_refresh(r, now);
+  if (!r.next_check_due) r.next_check_due = next_check(r, now);
+}
+
+void Policy::on_check_success(TokenRecord& r, SysTime now) const {
+  r.last_checked_at = now;
+  r.updated_at = now;
+  // A passing check does not excuse a renewal that keeps failing: that stays in backoff.
+  if (r.last_error_operation != Operation::kRefresh) clear_failures(r, now);
+  r.next_check_due = next_check(r, now);
+}
+
+void Policy::on_failure(TokenRecord& r, Operation op, const Failure& failure, SysTime now) const {
+  r.updated_at = now;
+  r.consecutive_failures += 1;
+  r.last_error_class = failure.error_class;
+  r.last_error_operation = op;
+  r.last_error_message = failure.message;
+  r.last_error_at = now;
+  if (op == Operation::kCheck) r.last_checked_at = now;
+
+  switch (failure.error_class) {
+    case ErrorClass::kPermanent:
+    case ErrorClass::kRevoked:
+      set_state(r,
+                failure.error_class == ErrorClass::kRevoked ? TokenState::kRevoked
+                                                            : TokenState::kNeedsReauth,
+                now);
+      r.next_refresh_due.reset();
+      r.next_check_due.reset();
+      return;
+    case ErrorClass::kNone:
+    case ErrorClass::kTransient:
+    case ErrorClass::kMalformed:
+    case ErrorClass::kConfiguration:
+      break;
+  }
+
+  set_state(r, TokenState::kFailing, now);
+  const RetryConfig& rc = config_.retry;
+  Seconds delay = backoff(r.consecutive_failures);
+  if (failure.error_class == ErrorClass::kConfiguration ||
+      (failure.error_class == ErrorClass::kMalformed &&
+       r.consecutive_failures >= rc.malformed_cap)) {
+    delay = rc.max_backoff;
+  }
+  if (failure.retry_after) delay = std::max(delay, *failure.retry_after);
+  (op == Operation::kRefresh ? r.next_refresh_due : r.next_check_due) = now + delay;
+}
+
+}  // namespace tw

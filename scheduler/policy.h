@@ -1,0 +1,82 @@
+// Policy: when each token is next renewed and checked, and what a success or failure does to it.
+//
+// Thread-safety: const methods only; safe from any thread if the random source is.
+// Pure code: no I/O and no clock. Every method takes `now`, so a test drives months of schedule
+// with plain numbers.
+//
+// Renewal (per provider, from config):
+//   due = min(anchor + refresh_every,                       when refresh_every is set
+//             renew_point(expires_at), renew_point(refresh_expires_at)   when renew_before is set)
+//   anchor = the later of connected_at and last_refreshed_at
+//   renew_point(e) = e - renew_before, or anchor + 2/3 of (e - anchor) when that whole lifetime is
+//   shorter than renew_before. A renewable token with no candidate is due at once: renewing tells
+//   tokenwarden its lifetime. A due time in the past is written as now.
+// Checks: every check_every, at a fixed per-token offset within the period (a stable hash of the
+// token id), so checks of a million tokens spread evenly instead of bursting on the hour.
+// Failures: transient and malformed ones retry after initial_backoff * 2^(n-1), capped at
+// max_backoff, drawn from [d * (1 - jitter), d], and never sooner than a provider's Retry-After;
+// after malformed_cap malformed replies in a row, at max_backoff. Configuration errors (our own
+// credentials) retry at max_backoff. Permanent and revoked move the token to needs_reauth or
+// revoked, where it is neither renewed nor checked until it is reconnected.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "config/config.h"
+#include "core/time.h"
+#include "core/token.h"
+
+namespace tw {
+
+struct Failure {
+  ErrorClass error_class = ErrorClass::kTransient;
+  std::string message;                 // one line, no secret
+  std::optional<Seconds> retry_after;  // from a Retry-After header or a provider's hint
+};
+
+struct PolicyConfig {
+  ScheduleConfig meta;
+  ScheduleConfig google;
+  ScheduleConfig tiktok;
+  RetryConfig retry;
+
+  static PolicyConfig from(const Config& config);
+};
+
+class Policy {
+ public:
+  // `random01` returns numbers in [0, 1) for jitter; tests pass a fixed one.
+  Policy(PolicyConfig config, std::function<double()> random01);
+
+  const ScheduleConfig& schedule_for(Provider provider) const;
+
+  // Whether this token is renewed at all: its kind is renewable and it holds what renewal needs.
+  static bool renewable(const TokenRecord& r);
+
+  // The next renewal of `r`, or nullopt when it is not renewed (see the file comment).
+  std::optional<SysTime> next_refresh(const TokenRecord& r, SysTime now) const;
+  // The first check slot of `r` strictly after `now`.
+  SysTime next_check(const TokenRecord& r, SysTime now) const;
+  // The delay before retry number `failures` (1 for the first retry), with jitter.
+  Seconds backoff(int failures) const;
+
+  // Sets both due times of a token just added or reconnected.
+  void schedule_new(TokenRecord& r, SysTime now) const;
+  // After a successful renewal; the caller has already stored the new expiry times in `r`.
+  void on_refresh_success(TokenRecord& r, SysTime now) const;
+  // After a successful check.
+  void on_check_success(TokenRecord& r, SysTime now) const;
+  // After a failed renewal or check.
+  void on_failure(TokenRecord& r, Operation op, const Failure& failure, SysTime now) const;
+
+ private:
+  void set_state(TokenRecord& r, TokenState s, SysTime now) const;
+  void clear_failures(TokenRecord& r, SysTime now) const;
+
+  PolicyConfig config_;
+  std::function<double()> random01_;
+};
+
+}  // namespace tw

@@ -1,0 +1,72 @@
+// SqliteTokenStore: the TokenStore on one SQLite file (SQLiteCpp).
+//
+// Thread-safety: as TokenStore: one instance per thread; many processes may share the file.
+// The file is created with mode 0600 (SQLite gives its -wal and -shm files the same mode), opened
+// in WAL mode with synchronous=FULL, so a committed transaction survives a power cut, and
+// secure_delete, so overwritten ciphertext does not linger in free pages. Writers take the lock
+// up front (BEGIN IMMEDIATE) and wait up to the busy timeout for each other.
+// The schema is versioned with PRAGMA user_version and migrated forward on open; a database from
+// a newer tokenwarden is refused rather than touched.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "config/config.h"
+#include "core/result.h"
+#include "core/time.h"
+#include "storage/crypto.h"
+#include "storage/token_store.h"
+
+namespace SQLite {
+class Database;
+}
+
+namespace tw {
+
+class SqliteTokenStore final : public TokenStore {
+ public:
+  // The schema version this build writes.
+  static int latest_schema_version();
+
+  // Opens (creating it if need be) and migrates the database at `path`. Fails with a message
+  // naming the path when the directory is missing, the file is not a database, or its schema is
+  // newer than this build's.
+  static Result<std::unique_ptr<SqliteTokenStore>> open(const std::string& path,
+                                                        Millis busy_timeout, Cipher cipher);
+  ~SqliteTokenStore() override;
+
+  Result<UpsertResult> upsert(const NewToken& token, const TokenSecrets& secrets, SysTime now,
+                              const ScheduleFn& schedule) override;
+  Result<std::optional<TokenRecord>> find(std::string_view id) override;
+  Result<std::vector<TokenRecord>> list(const ListFilter& filter) override;
+  Result<bool> remove(std::string_view id) override;
+  Result<std::vector<StateCounts>> count_by_state() override;
+  Result<TokenSecrets> read_secrets(const TokenRecord& record) override;
+  Result<std::optional<SysTime>> earliest_due() override;
+  Result<std::vector<DueToken>> claim_due(SysTime now, std::size_t limit, std::string_view owner,
+                                          Seconds lease) override;
+  Result<TokenRecord> claim(std::string_view id, SysTime now, std::string_view owner,
+                            Seconds lease) override;
+  Status save(const TokenRecord& record, const TokenSecrets* new_secrets, std::string_view owner,
+              LeaseAction lease) override;
+  Result<std::size_t> rekey() override;
+
+  // The schema version of the open database (for tests and `tokenwarden show --db`).
+  Result<int> schema_version();
+  // EXPLAIN QUERY PLAN of the statements behind earliest_due() and claim_due(), one line per
+  // step, so a test can prove they use the indexes.
+  Result<std::string> explain_schedule_queries();
+
+ private:
+  SqliteTokenStore(std::unique_ptr<SQLite::Database> db, Cipher cipher);
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The store as configured: loads the key ring (see load_key_ring; `credentials_directory` is
+// $CREDENTIALS_DIRECTORY or empty) and opens the database.
+Result<std::unique_ptr<SqliteTokenStore>> open_token_store(
+    const DatabaseConfig& database, const KeyConfig& key, const std::string& credentials_directory);
+
+}  // namespace tw

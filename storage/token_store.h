@@ -1,0 +1,123 @@
+// TokenStore: the tokens, their encrypted secrets, and the schedule.
+//
+// Thread-safety: an instance belongs to one thread (the event loop, or one CLI command). Several
+// processes may open the same database at once; every write is one transaction, and the lease
+// columns keep one refresh per token at a time across them.
+//
+// The database is the schedule: each token carries next_refresh_due and next_check_due, both
+// indexed, so "when is the next thing due" and "what is due now" cost O(log n). A token whose
+// state is not scheduled (needs_reauth, revoked, disabled) has neither.
+//
+// Secrets are sealed by the store's Cipher bound to (token id, field) and are decrypted only by
+// read_secrets(); every other call sees TokenRecords, which hold nothing secret.
+//
+// Failures are values: Errc::kBusy when the database stayed locked past the busy timeout (retry
+// later), Errc::kCorrupt when a secret does not decrypt (naming the token), Errc::kLeaseLost when
+// another worker owns the token, Errc::kStorage for anything else.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/result.h"
+#include "core/time.h"
+#include "core/token.h"
+
+namespace tw {
+
+// What `add` knows about a token. Everything else is the store's or the scheduler's.
+struct NewToken {
+  Provider provider = Provider::kMeta;
+  TokenKind kind = TokenKind::kPageToken;
+  std::string workspace_id;
+  std::string account_id;
+  std::string scopes;
+  std::optional<SysTime> expires_at;
+  std::optional<SysTime> refresh_expires_at;
+};
+
+struct UpsertResult {
+  TokenRecord record;
+  bool created = false;  // false: an existing (provider, account) token was reconnected
+};
+
+struct ListFilter {
+  std::optional<Provider> provider;
+  std::optional<TokenState> state;
+  std::optional<std::string> workspace_id;
+};
+
+// A token claimed by claim_due(), with what was due.
+struct DueToken {
+  TokenRecord record;  // as it was before the claim (its due times are the original ones)
+  bool refresh_due = false;
+  bool check_due = false;
+};
+
+struct StateCounts {
+  Provider provider;
+  TokenState state;
+  std::size_t count;
+};
+
+// Whether save() ends the lease or keeps it for a further operation on the same token.
+enum class LeaseAction { kKeep, kRelease };
+
+// Sets the due times of a record that is about to be written.
+using ScheduleFn = std::function<void(TokenRecord&)>;
+
+class TokenStore {
+ public:
+  virtual ~TokenStore() = default;
+
+  // Adds a token, or reconnects the existing token with the same (provider, account_id): its
+  // secrets and metadata are replaced, its failure state cleared and its state set to active.
+  // `schedule` sees the complete record (id assigned) and sets its due times; all of it is
+  // committed in one transaction. A secret that is empty is stored as absent.
+  virtual Result<UpsertResult> upsert(const NewToken& token, const TokenSecrets& secrets,
+                                      SysTime now, const ScheduleFn& schedule) = 0;
+
+  // The token with this id, or nullopt.
+  virtual Result<std::optional<TokenRecord>> find(std::string_view id) = 0;
+  // Tokens matching `filter`, ordered by provider, workspace, account.
+  virtual Result<std::vector<TokenRecord>> list(const ListFilter& filter) = 0;
+  // Deletes a token; false when there was none.
+  virtual Result<bool> remove(std::string_view id) = 0;
+  // Token counts by provider and state (states with no tokens are absent).
+  virtual Result<std::vector<StateCounts>> count_by_state() = 0;
+
+  // Decrypts the token's secrets. Errc::kCorrupt names the token when one does not decrypt.
+  virtual Result<TokenSecrets> read_secrets(const TokenRecord& record) = 0;
+
+  // The earliest next_refresh_due or next_check_due over all tokens, or nullopt when nothing is
+  // scheduled. Claimed tokens count at their lease expiry.
+  virtual Result<std::optional<SysTime>> earliest_due() = 0;
+
+  // Claims up to `limit` tokens whose refresh or check is due at `now`, earliest first, for
+  // `owner` until now + lease. A claimed token's due times that were reached move to the lease
+  // expiry, so no other worker sees it due, and it comes due again by itself if the owner dies.
+  virtual Result<std::vector<DueToken>> claim_due(SysTime now, std::size_t limit,
+                                                  std::string_view owner, Seconds lease) = 0;
+
+  // Claims one token for `owner` whatever its due times (a forced refresh or check from the CLI).
+  // Fails with Errc::kLeaseLost while another owner holds an unexpired lease.
+  virtual Result<TokenRecord> claim(std::string_view id, SysTime now, std::string_view owner,
+                                    Seconds lease) = 0;
+
+  // Writes the record's scopes, expiry, state, schedule, error and timestamp fields, and, when
+  // `new_secrets` is given, its secrets (empty ones become absent); then releases the lease or
+  // keeps it: one durable transaction. Fails with Errc::kLeaseLost, writing nothing, unless
+  // `owner` holds the lease (a reconnect by `add` takes it away).
+  virtual Status save(const TokenRecord& record, const TokenSecrets* new_secrets,
+                      std::string_view owner, LeaseAction lease) = 0;
+
+  // Re-encrypts every secret sealed with an old key using the current key; returns how many
+  // tokens were rewritten. Stops at the first secret that does not decrypt.
+  virtual Result<std::size_t> rekey() = 0;
+};
+
+}  // namespace tw

@@ -1,0 +1,268 @@
+// Black-box tests: the real `tokenwarden` binary with a temporary config, key and database.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "tests/test_util.h"
+
+namespace tw {
+namespace {
+
+using testing::read_file;
+using testing::TempDir;
+using testing::write_file;
+
+struct Outcome {
+  int exit_code;
+  std::string out;
+  std::string err;
+};
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s)
+    q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Outcome k = run({"keygen", "--out", key_path()});
+    ASSERT_EQ(k.exit_code, 0) << k.err;
+    write_file(config_path(),
+               "database:\n  path: " + db_path() + "\nkey:\n  file: " + key_path() + "\n");
+  }
+
+  // Runs the binary with `args` and `input` on stdin, with the test's config unless overridden.
+  Outcome run(const std::vector<std::string>& args, const std::string& input = "",
+              bool with_config = true) {
+    write_file(dir_.file("stdin"), input);
+    std::string cmd = "env -u CREDENTIALS_DIRECTORY -u TOKENWARDEN_CONFIG " + quote(TW_BINARY);
+    if (with_config) cmd += " --config " + quote(config_path());
+    for (const auto& a : args)
+      cmd += " " + quote(a);
+    cmd += " <" + quote(dir_.file("stdin")) + " >" + quote(dir_.file("out")) + " 2>" +
+           quote(dir_.file("err"));
+    int status = std::system(cmd.c_str());
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(dir_.file("out")),
+            read_file(dir_.file("err"))};
+  }
+
+  Outcome add(const std::string& account, const std::string& input,
+              std::vector<std::string> extra = {}) {
+    std::vector<std::string> args{"add",    "--provider",     "tiktok",
+                                  "--kind", "business_token", "--workspace",
+                                  "ws-1",   "--account",      account};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run(args, input);
+  }
+
+  std::string key_path() const { return dir_.file("tokenwarden.key"); }
+  std::string db_path() const { return dir_.file("tokens.db"); }
+  std::string config_path() const { return dir_.file("tokenwarden.yaml"); }
+
+  std::size_t token_count() {
+    Outcome r = run({"list", "--json"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return nlohmann::json::parse(r.out).size();
+  }
+
+  static std::string id_from(const std::string& out) {
+    auto pos = out.find("tok_");
+    return pos == std::string::npos ? "" : out.substr(pos, 20);
+  }
+
+  TempDir dir_;
+};
+
+TEST_F(Cli, HelpDescribesEveryCommandAndTheExitCodes) {
+  Outcome r = run({"--help"}, "", false);
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* word :
+       {"keygen", "add", "list", "show", "remove", "rekey", "demo", "Exit codes", "78"}) {
+    EXPECT_NE(r.out.find(word), std::string::npos) << word << "\n" << r.out;
+  }
+  for (const char* cmd : {"keygen", "add", "list", "show", "remove", "rekey", "demo"}) {
+    Outcome h = run({cmd, "--help"}, "", false);
+    EXPECT_EQ(h.exit_code, 0) << cmd << h.err;
+    EXPECT_NE(h.out.find("Usage"), std::string::npos) << cmd;
+  }
+  Outcome add_help = run({"add", "--help"}, "", false);
+  EXPECT_NE(add_help.out.find("stdin"), std::string::npos);
+}
+
+TEST_F(Cli, UsageErrorsExitTwo) {
+  EXPECT_EQ(run({}, "", false).exit_code, 2);
+  EXPECT_EQ(run({"frobnicate"}).exit_code, 2);
+  Outcome r = run({"add", "--provider", "meta"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--kind"), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, KeygenWritesAPrivateKeyAndNeverOverwrites) {
+  struct stat st {};
+  ASSERT_EQ(stat(key_path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(st.st_size, 32);
+  std::string before = read_file(key_path());
+  Outcome again = run({"keygen", "--out", key_path()}, "", false);
+  EXPECT_EQ(again.exit_code, 2);
+  EXPECT_NE(again.err.find("refusing to overwrite"), std::string::npos) << again.err;
+  EXPECT_EQ(read_file(key_path()), before);
+}
+
+TEST_F(Cli, AddListShowReconnectRemove) {
+  Outcome added = add("biz-1", "act.SECRET-ACCESS-1\nrft.SECRET-REFRESH-1\n",
+                      {"--expires-at", "+30d", "--scopes", "user.info.basic"});
+  ASSERT_EQ(added.exit_code, 0) << added.err;
+  EXPECT_NE(added.out.find("added tok_"), std::string::npos) << added.out;
+  const std::string id = id_from(added.out);
+
+  Outcome list = run({"list"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_NE(list.out.find(id), std::string::npos);
+  EXPECT_NE(list.out.find("NEXT REFRESH"), std::string::npos);
+  EXPECT_NE(list.out.find("active"), std::string::npos);
+
+  Outcome show = run({"show", id});
+  ASSERT_EQ(show.exit_code, 0) << show.err;
+  EXPECT_NE(show.out.find("biz-1"), std::string::npos);
+  EXPECT_NE(show.out.find("user.info.basic"), std::string::npos);
+  EXPECT_NE(show.out.find("access token, refresh token (encrypted)"), std::string::npos);
+
+  Outcome json = run({"show", id, "--json"});
+  auto doc = nlohmann::json::parse(json.out);
+  EXPECT_EQ(doc["id"], id);
+  EXPECT_EQ(doc["state"], "active");
+  EXPECT_TRUE(doc["next_refresh_due"].is_string());
+  EXPECT_TRUE(doc["has_refresh_token"].get<bool>());
+
+  Outcome again =
+      add("biz-1",
+          R"({"access_token": "act.SECRET-ACCESS-2", "refresh_token": "rft.SECRET-REFRESH-2"})");
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.out.find("reconnected " + id), std::string::npos) << again.out;
+  EXPECT_EQ(token_count(), 1u);
+
+  for (const Outcome* r : {&added, &list, &show, &json, &again}) {
+    EXPECT_EQ(r->out.find("SECRET"), std::string::npos);
+    EXPECT_EQ(r->err.find("SECRET"), std::string::npos);
+  }
+  std::string bytes = read_file(db_path()) + read_file(db_path() + "-wal");
+  EXPECT_NE(bytes.find("biz-1"), std::string::npos);
+  EXPECT_EQ(bytes.find("SECRET"), std::string::npos) << "no plaintext token in the database or WAL";
+
+  EXPECT_EQ(run({"remove", id}).exit_code, 0);
+  EXPECT_EQ(run({"remove", id}).exit_code, 3);
+  EXPECT_EQ(run({"show", id}).exit_code, 3);
+  EXPECT_EQ(token_count(), 0u);
+}
+
+TEST_F(Cli, BadInputIsOneLineExitTwoAndChangesNothing) {
+  ASSERT_EQ(add("keep", "act.a\nrft.b\n").exit_code, 0);
+  struct Case {
+    std::vector<std::string> args;
+    std::string input;
+    std::string says;
+  };
+  const std::string big(70'000, 'a');
+  const std::vector<Case> cases{
+      {{"add", "--provider", "myspace", "--kind", "api_key", "--workspace", "w", "--account", "a"},
+       "k\n",
+       "unknown provider"},
+      {{"add", "--provider", "google", "--kind", "page_token", "--workspace", "w", "--account",
+        "a"},
+       "k\n",
+       "google has no page_token"},
+      {{"add", "--provider", "tiktok", "--kind", "business_token", "--workspace", "w", "--account",
+        "a"},
+       "",
+       "no token on stdin"},
+      {{"add", "--provider", "tiktok", "--kind", "business_token", "--workspace", "w", "--account",
+        "a"},
+       "act.only\n",
+       "needs its refresh token"},
+      {{"add", "--provider", "tiktok", "--kind", "business_token", "--workspace", "w", "--account",
+        "a", "--expires-at", "next tuesday"},
+       "act\nrft\n",
+       "--expires-at"},
+      {{"add", "--provider", "tiktok", "--kind", "business_token", "--workspace", "w", "--account",
+        "a"},
+       std::string("act\x01\xff\nrft\n"),
+       "non-ASCII"},
+      {{"add", "--provider", "tiktok", "--kind", "business_token", "--workspace", "w", "--account",
+        "a"},
+       big,
+       "more than 65536 bytes"},
+      {{"add", "--provider", "tiktok", "--kind", "business_token", "--workspace", "w", "--account",
+        "a"},
+       "a\nb\nc\n",
+       "more than two lines"},
+      {{"add", "--provider", "tiktok", "--kind", "business_token", "--workspace", "w", "--account",
+        "a"},
+       "{\"access_token\": 5}",
+       "must be a string"},
+      {{"add", "--provider", "tiktok", "--kind", "business_token", "--workspace", "", "--account",
+        "a"},
+       "x\ny\n",
+       "--workspace must not be empty"},
+      {{"list", "--state", "sleepy"}, "", "unknown state"},
+  };
+  for (const Case& c : cases) {
+    Outcome r = run(c.args, c.input);
+    EXPECT_EQ(r.exit_code, 2) << c.says << ": " << r.err;
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_EQ(r.err.find("rft"), std::string::npos) << "never echo the input";
+  }
+  EXPECT_EQ(token_count(), 1u);
+}
+
+TEST_F(Cli, ConfigAndKeyProblemsAreNamed) {
+  Outcome missing = run({"--config", dir_.file("nope.yaml"), "list"}, "", false);
+  EXPECT_EQ(missing.exit_code, 78);
+  EXPECT_NE(missing.err.find("nope.yaml"), std::string::npos) << missing.err;
+
+  write_file(dir_.file("bad.yaml"), "database:\n  path: /tmp/x.db\n  busy_timout: 5s\n");
+  Outcome bad = run({"--config", dir_.file("bad.yaml"), "list"}, "", false);
+  EXPECT_EQ(bad.exit_code, 78);
+  EXPECT_NE(bad.err.find("bad.yaml:3"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("busy_timout"), std::string::npos) << bad.err;
+
+  chmod(key_path().c_str(), 0644);
+  Outcome loose = run({"list"});
+  EXPECT_EQ(loose.exit_code, 1);
+  EXPECT_NE(loose.err.find("0644"), std::string::npos) << loose.err;
+}
+
+TEST_F(Cli, RekeyAfterRotatingTheKeyFile) {
+  ASSERT_EQ(add("a1", "act.1\nrft.1\n").exit_code, 0);
+  ASSERT_EQ(add("a2", "act.2\nrft.2\n").exit_code, 0);
+  // Rotate: a new current key, the old one kept as previous until rekey is done.
+  ASSERT_EQ(std::rename(key_path().c_str(), dir_.file("old.key").c_str()), 0);
+  ASSERT_EQ(run({"keygen", "--out", key_path()}).exit_code, 0);
+  write_file(config_path(), "database:\n  path: " + db_path() + "\nkey:\n  file: " + key_path() +
+                                "\n  previous_files: [" + dir_.file("old.key") + "]\n");
+  Outcome r = run({"rekey"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("re-encrypted 2 token(s)"), std::string::npos) << r.out;
+  EXPECT_NE(run({"rekey"}).out.find("re-encrypted 0 token(s)"), std::string::npos);
+}
+
+TEST_F(Cli, DemoRunsAndFindsNoPlaintext) {
+  Outcome r = run({"demo", "--dir", dir_.file("demo"), "--days", "12"}, "", false);
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  EXPECT_NE(r.out.find("renewed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("needs_reauth"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Encryption: 0 of"), std::string::npos) << r.out;
+  Outcome list = run({"--config", dir_.file("demo/tokenwarden.yaml"), "list"}, "", false);
+  EXPECT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_NE(list.out.find("needs_reauth"), std::string::npos);
+  Outcome again = run({"demo", "--dir", dir_.file("demo")}, "", false);
+  EXPECT_EQ(again.exit_code, 2) << "refuses a directory that is not empty";
+}
+
+}  // namespace
+}  // namespace tw

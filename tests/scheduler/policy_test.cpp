@@ -1,0 +1,243 @@
+#include "scheduler/policy.h"
+
+#include <algorithm>
+#include <random>
+
+#include <gtest/gtest.h>
+
+namespace tw {
+namespace {
+
+using namespace std::chrono_literals;
+using std::chrono::days;
+
+const SysTime kNow = from_unix(1'800'000'000);
+
+PolicyConfig defaults() {
+  return PolicyConfig::from(Config{});
+}
+
+TokenRecord token(Provider p, TokenKind k, bool refresh_secret = true) {
+  TokenRecord r;
+  r.id = "tok_00112233aabbccdd";
+  r.provider = p;
+  r.kind = k;
+  r.connected_at = kNow;
+  r.created_at = kNow;
+  r.state_since = kNow;
+  r.has_access_token = true;
+  r.has_refresh_token = refresh_secret;
+  return r;
+}
+
+class PolicyTest : public ::testing::Test {
+ protected:
+  double draw_ = 0.0;  // what the random source returns: 0 means "no jitter"
+  Policy policy_{defaults(), [this] { return draw_; }};
+};
+
+TEST_F(PolicyTest, MetaRenewsWeeklyAndEarlierWhenTheUserTokenIsAboutToExpire) {
+  TokenRecord r = token(Provider::kMeta, TokenKind::kPageToken);
+  EXPECT_EQ(policy_.next_refresh(r, kNow), kNow + days(7));
+  r.last_refreshed_at = kNow + days(7);
+  EXPECT_EQ(policy_.next_refresh(r, kNow + days(7)), kNow + days(14));
+  // A user token 60 days from expiry changes nothing; two days from expiry, it comes first.
+  TokenRecord u = token(Provider::kMeta, TokenKind::kUserToken, false);
+  u.expires_at = kNow + days(60);
+  EXPECT_EQ(policy_.next_refresh(u, kNow), kNow + days(7));
+  u.expires_at = kNow + days(2);
+  EXPECT_EQ(policy_.next_refresh(u, kNow), kNow + 32h) << "two thirds of a 2-day lifetime";
+}
+
+TEST_F(PolicyTest, GoogleRenewsEveryThirtyDaysWhateverTheAccessTokenExpiry) {
+  TokenRecord r = token(Provider::kGoogle, TokenKind::kRefreshToken);
+  r.expires_at = kNow + 1h;  // the access token: refreshed on demand, not scheduled
+  EXPECT_EQ(policy_.next_refresh(r, kNow), kNow + days(30));
+}
+
+TEST_F(PolicyTest, TikTokRenewsThreeDaysBeforeExpiry) {
+  TokenRecord r = token(Provider::kTikTok, TokenKind::kBusinessToken);
+  r.expires_at = kNow + days(30);
+  r.refresh_expires_at = kNow + days(365);
+  EXPECT_EQ(policy_.next_refresh(r, kNow), kNow + days(27));
+  // A refresh token close to its own end is renewed 3 days before that instead.
+  r.refresh_expires_at = kNow + days(10);
+  EXPECT_EQ(policy_.next_refresh(r, kNow), kNow + days(7));
+}
+
+TEST_F(PolicyTest, TikTokLifetimeShorterThanRenewBeforeRenewsAtTwoThirds) {
+  TokenRecord r = token(Provider::kTikTok, TokenKind::kRefreshToken);
+  r.expires_at = kNow + 24h;
+  r.refresh_expires_at = kNow + days(365);
+  EXPECT_EQ(policy_.next_refresh(r, kNow), kNow + 16h);
+  r.expires_at = kNow + 2h;
+  EXPECT_EQ(policy_.next_refresh(r, kNow), kNow + 80min);
+}
+
+TEST_F(PolicyTest, UnknownExpiryOrPastDueMeansNow) {
+  TokenRecord r = token(Provider::kTikTok, TokenKind::kBusinessToken);
+  EXPECT_EQ(policy_.next_refresh(r, kNow + 5min), kNow + 5min) << "renewing reveals the lifetime";
+  r.expires_at = kNow - 1h;
+  EXPECT_EQ(policy_.next_refresh(r, kNow), kNow);
+  TokenRecord m = token(Provider::kMeta, TokenKind::kPageToken);
+  EXPECT_EQ(policy_.next_refresh(m, kNow + days(9)), kNow + days(9)) << "overdue is due now";
+}
+
+TEST_F(PolicyTest, SomeTokensAreNeverRenewed) {
+  EXPECT_EQ(policy_.next_refresh(token(Provider::kGoogle, TokenKind::kApiKey), kNow), std::nullopt);
+  EXPECT_EQ(policy_.next_refresh(token(Provider::kMeta, TokenKind::kClientCredentials), kNow),
+            std::nullopt);
+  EXPECT_EQ(policy_.next_refresh(token(Provider::kMeta, TokenKind::kPageToken, false), kNow),
+            std::nullopt)
+      << "a Page token without its user token cannot be re-derived";
+  for (TokenState s : {TokenState::kNeedsReauth, TokenState::kRevoked, TokenState::kDisabled}) {
+    TokenRecord r = token(Provider::kMeta, TokenKind::kPageToken);
+    r.state = s;
+    EXPECT_EQ(policy_.next_refresh(r, kNow), std::nullopt) << to_string(s);
+  }
+}
+
+TEST_F(PolicyTest, RefreshEveryOffAndRenewBeforeOffFollowConfig) {
+  PolicyConfig c = defaults();
+  c.meta.refresh_every.reset();
+  c.google.renew_before = 10min;
+  Policy p(c, [] { return 0.0; });
+  TokenRecord m = token(Provider::kMeta, TokenKind::kUserToken);
+  m.expires_at = kNow + days(60);
+  EXPECT_EQ(p.next_refresh(m, kNow), kNow + days(57));
+  TokenRecord g = token(Provider::kGoogle, TokenKind::kRefreshToken);
+  g.expires_at = kNow + 1h;
+  EXPECT_EQ(p.next_refresh(g, kNow), kNow + 50min);
+}
+
+TEST_F(PolicyTest, ChecksComeAtAFixedSlotEveryPeriod) {
+  TokenRecord r = token(Provider::kGoogle, TokenKind::kRefreshToken);
+  SysTime first = policy_.next_check(r, kNow);
+  EXPECT_GT(first, kNow);
+  EXPECT_LE(first, kNow + 1h);
+  EXPECT_EQ(policy_.next_check(r, first - 1s), first);
+  EXPECT_EQ(policy_.next_check(r, first), first + 1h) << "strictly after now";
+  EXPECT_EQ(policy_.next_check(r, first + 59min), first + 1h) << "a late check keeps its slot";
+  EXPECT_EQ(policy_.next_check(r, first + 3h + 1s), first + 4h);
+  EXPECT_EQ(to_unix(policy_.next_check(r, from_unix(-10))) % 3600, to_unix(first) % 3600)
+      << "slots hold before the epoch too";
+}
+
+TEST_F(PolicyTest, ChecksOfManyTokensSpreadEvenlyOverTheHour) {
+  std::mt19937_64 rng(7);
+  std::vector<int> per_minute(60, 0);
+  constexpr int kTokens = 60'000;
+  for (int i = 0; i < kTokens; ++i) {
+    TokenRecord r = token(Provider::kMeta, TokenKind::kPageToken);
+    char id[32];
+    std::snprintf(id, sizeof id, "tok_%016llx", static_cast<unsigned long long>(rng()));
+    r.id = id;
+    auto t = to_unix(policy_.next_check(r, kNow)) - to_unix(kNow);
+    per_minute[static_cast<std::size_t>((t - 1) / 60)]++;
+  }
+  auto [lo, hi] = std::minmax_element(per_minute.begin(), per_minute.end());
+  // 1,000 a minute on average; a burst would put thousands into one minute.
+  EXPECT_GT(*lo, 850);
+  EXPECT_LT(*hi, 1150);
+}
+
+TEST_F(PolicyTest, BackoffDoublesToTheCapWithJitterBelowTheNominalDelay) {
+  EXPECT_EQ(policy_.backoff(1), 30s);
+  EXPECT_EQ(policy_.backoff(2), 60s);
+  EXPECT_EQ(policy_.backoff(3), 120s);
+  EXPECT_EQ(policy_.backoff(7), 1920s);
+  EXPECT_EQ(policy_.backoff(8), 3600s);
+  EXPECT_EQ(policy_.backoff(1000), 3600s);
+  draw_ = 0.999;
+  EXPECT_EQ(policy_.backoff(1), 24s) << "jitter 0.2 takes up to a fifth off";
+  EXPECT_EQ(policy_.backoff(8), 2881s);
+  draw_ = 0.5;
+  EXPECT_EQ(policy_.backoff(2), 54s);
+}
+
+TEST_F(PolicyTest, TransientFailureBacksOffAndHonoursRetryAfter) {
+  TokenRecord r = token(Provider::kTikTok, TokenKind::kBusinessToken);
+  r.expires_at = kNow + days(30);
+  policy_.schedule_new(r, kNow);
+  const auto check = r.next_check_due;
+  policy_.on_failure(r, Operation::kRefresh, {ErrorClass::kTransient, "HTTP 503", {}}, kNow);
+  EXPECT_EQ(r.state, TokenState::kFailing);
+  EXPECT_EQ(r.state_since, kNow);
+  EXPECT_EQ(r.consecutive_failures, 1);
+  EXPECT_EQ(r.last_error_class, ErrorClass::kTransient);
+  EXPECT_EQ(r.last_error_operation, Operation::kRefresh);
+  EXPECT_EQ(r.last_error_message, "HTTP 503");
+  EXPECT_EQ(r.next_refresh_due, kNow + 30s);
+  EXPECT_EQ(r.next_check_due, check) << "checks go on";
+  policy_.on_failure(r, Operation::kRefresh, {ErrorClass::kTransient, "429", 600s}, kNow + 30s);
+  EXPECT_EQ(r.consecutive_failures, 2);
+  EXPECT_EQ(r.state_since, kNow) << "still failing since the first failure";
+  EXPECT_EQ(r.next_refresh_due, kNow + 30s + 600s) << "Retry-After beats a shorter backoff";
+}
+
+TEST_F(PolicyTest, PermanentAndRevokedStopAllWork) {
+  TokenRecord r = token(Provider::kGoogle, TokenKind::kRefreshToken);
+  policy_.schedule_new(r, kNow);
+  policy_.on_failure(r, Operation::kRefresh, {ErrorClass::kPermanent, "invalid_grant", {}}, kNow);
+  EXPECT_EQ(r.state, TokenState::kNeedsReauth);
+  EXPECT_FALSE(r.next_refresh_due);
+  EXPECT_FALSE(r.next_check_due);
+  TokenRecord m = token(Provider::kMeta, TokenKind::kPageToken);
+  policy_.schedule_new(m, kNow);
+  policy_.on_failure(m, Operation::kCheck, {ErrorClass::kRevoked, "code 190/458", {}}, kNow);
+  EXPECT_EQ(m.state, TokenState::kRevoked);
+  EXPECT_EQ(m.last_checked_at, kNow);
+  EXPECT_FALSE(m.next_refresh_due);
+  EXPECT_FALSE(m.next_check_due);
+}
+
+TEST_F(PolicyTest, ConfigurationErrorsAndRepeatedMalformedRepliesWaitTheMaximum) {
+  TokenRecord r = token(Provider::kGoogle, TokenKind::kRefreshToken);
+  policy_.on_failure(r, Operation::kRefresh, {ErrorClass::kConfiguration, "invalid_client", {}},
+                     kNow);
+  EXPECT_EQ(r.next_refresh_due, kNow + 1h);
+  EXPECT_EQ(r.state, TokenState::kFailing);
+  TokenRecord m = token(Provider::kMeta, TokenKind::kPageToken);
+  for (int i = 1; i <= 5; ++i) {
+    policy_.on_failure(m, Operation::kCheck, {ErrorClass::kMalformed, "body hash ab12", {}}, kNow);
+    EXPECT_EQ(m.state, TokenState::kFailing) << "malformed is never revoked";
+    if (i < 5) {
+      EXPECT_EQ(m.next_check_due, kNow + policy_.backoff(i)) << i;
+    }
+  }
+  EXPECT_EQ(m.next_check_due, kNow + 1h) << "capped after malformed_cap in a row";
+}
+
+TEST_F(PolicyTest, ACheckDoesNotClearAFailingRenewalButARenewalClearsEverything) {
+  TokenRecord r = token(Provider::kTikTok, TokenKind::kBusinessToken);
+  r.expires_at = kNow + days(30);
+  policy_.schedule_new(r, kNow);
+  policy_.on_failure(r, Operation::kRefresh, {ErrorClass::kTransient, "timeout", {}}, kNow);
+  policy_.on_failure(r, Operation::kRefresh, {ErrorClass::kTransient, "timeout", {}}, kNow + 1min);
+  const auto retry = r.next_refresh_due;
+  policy_.on_check_success(r, kNow + 2min);
+  EXPECT_EQ(r.state, TokenState::kFailing);
+  EXPECT_EQ(r.consecutive_failures, 2);
+  EXPECT_EQ(r.next_refresh_due, retry);
+  EXPECT_EQ(r.last_checked_at, kNow + 2min);
+
+  r.expires_at = kNow + days(31);
+  policy_.on_refresh_success(r, kNow + 3min);
+  EXPECT_EQ(r.state, TokenState::kActive);
+  EXPECT_EQ(r.state_since, kNow + 3min);
+  EXPECT_EQ(r.consecutive_failures, 0);
+  EXPECT_FALSE(r.last_error_operation);
+  EXPECT_EQ(r.last_error_class, ErrorClass::kTransient) << "the last error stays on record";
+  EXPECT_EQ(r.last_refreshed_at, kNow + 3min);
+  EXPECT_EQ(r.next_refresh_due, kNow + days(28));
+
+  // A failing check is cleared by the next good check.
+  policy_.on_failure(r, Operation::kCheck, {ErrorClass::kTransient, "reset", {}}, kNow + 1h);
+  EXPECT_EQ(r.state, TokenState::kFailing);
+  policy_.on_check_success(r, kNow + 2h);
+  EXPECT_EQ(r.state, TokenState::kActive);
+  EXPECT_EQ(r.consecutive_failures, 0);
+}
+
+}  // namespace
+}  // namespace tw

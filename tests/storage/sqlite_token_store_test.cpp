@@ -1,0 +1,446 @@
+#include "storage/sqlite_token_store.h"
+
+#include <algorithm>
+
+#include <SQLiteCpp/Database.h>
+#include <SQLiteCpp/Statement.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "tests/test_util.h"
+
+namespace tw {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::TempDir;
+
+const SysTime kNow = from_unix(1'800'000'000);
+
+Key make_key() {
+  return *Key::generate();
+}
+
+NewToken new_token(std::string account, Provider p = Provider::kTikTok,
+                   TokenKind k = TokenKind::kBusinessToken) {
+  NewToken t;
+  t.provider = p;
+  t.kind = k;
+  t.workspace_id = "ws-1";
+  t.account_id = std::move(account);
+  t.scopes = "user.info.basic";
+  t.expires_at = kNow + 30 * 24h;
+  return t;
+}
+
+TokenSecrets secrets(std::string access, std::string refresh) {
+  return {Secret(access), Secret(refresh)};
+}
+
+// Schedules a fixed refresh and check time, so tests control what is due.
+ScheduleFn due_at(SysTime refresh, SysTime check) {
+  return [=](TokenRecord& r) {
+    r.next_refresh_due = refresh;
+    r.next_check_due = check;
+  };
+}
+
+class StoreTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<SqliteTokenStore> open(const Key& key, std::vector<Key> old = {}) {
+    auto s = SqliteTokenStore::open(db_path(), 200ms, Cipher(KeyRing(key, std::move(old))));
+    EXPECT_TRUE(s.ok()) << (s.ok() ? "" : s.error().message());
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+  std::string db_path() const { return dir_.file("tokens.db"); }
+
+  // Runs SQL on the file directly, as an attacker or a careless operator could.
+  void raw_exec(const std::string& sql) {
+    SQLite::Database db(db_path(), SQLite::OPEN_READWRITE);
+    db.exec(sql);
+  }
+
+  TempDir dir_;
+  Key key_ = make_key();
+};
+
+TEST_F(StoreTest, CreatesAPrivateWalDatabaseAtTheLatestSchema) {
+  auto store = open(key_);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(*store->schema_version(), SqliteTokenStore::latest_schema_version());
+  ASSERT_TRUE(store->upsert(new_token("a"), secrets("act.1", "rft.1"), kNow, due_at(kNow, kNow)));
+  struct stat st {};
+  ASSERT_EQ(stat(db_path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(stat((db_path() + "-wal").c_str(), &st), 0) << "WAL mode writes a -wal file";
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  SQLite::Database db(db_path(), SQLite::OPEN_READONLY);
+  EXPECT_EQ(db.execAndGet("PRAGMA journal_mode").getString(), "wal");
+}
+
+TEST_F(StoreTest, MigratesAnEmptyFileAndReopensWithoutChange) {
+  testing::write_file(db_path(), "");
+  {
+    auto store = open(key_);
+    ASSERT_TRUE(store);
+    EXPECT_EQ(*store->schema_version(), SqliteTokenStore::latest_schema_version());
+    ASSERT_TRUE(store->upsert(new_token("a"), secrets("act.1", "rft.1"), kNow, due_at(kNow, kNow)));
+  }
+  auto again = open(key_);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(*again->schema_version(), SqliteTokenStore::latest_schema_version());
+  EXPECT_EQ(again->list({})->size(), 1u);
+}
+
+TEST_F(StoreTest, RefusesADatabaseFromANewerVersion) {
+  { ASSERT_TRUE(open(key_)); }
+  raw_exec("PRAGMA user_version = 99");
+  auto s = SqliteTokenStore::open(db_path(), 200ms, Cipher(KeyRing(key_)));
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message().find("schema version 99"), std::string::npos)
+      << s.error().message();
+  EXPECT_NE(s.error().message().find(db_path()), std::string::npos);
+}
+
+TEST_F(StoreTest, RefusesAFileThatIsNotADatabase) {
+  testing::write_file(db_path(), std::string(4096, 'x'));
+  auto s = SqliteTokenStore::open(db_path(), 200ms, Cipher(KeyRing(key_)));
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message().find(db_path()), std::string::npos) << s.error().message();
+}
+
+TEST_F(StoreTest, NamesAMissingDirectory) {
+  auto s = SqliteTokenStore::open(dir_.file("no/such/dir/t.db"), 200ms, Cipher(KeyRing(key_)));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), Errc::kNotFound);
+  EXPECT_NE(s.error().message().find("no/such/dir"), std::string::npos);
+}
+
+TEST_F(StoreTest, AddReadAndReconnect) {
+  auto store = open(key_);
+  auto added = store->upsert(new_token("acct-1"), secrets("act.first", "rft.first"), kNow,
+                             due_at(kNow + 1h, kNow + 2h));
+  ASSERT_TRUE(added) << added.error().message();
+  EXPECT_TRUE(added->created);
+  const std::string id = added->record.id;
+  EXPECT_EQ(id.rfind("tok_", 0), 0u);
+  EXPECT_EQ(id.size(), 20u);
+
+  auto found = store->find(id);
+  ASSERT_TRUE(found && *found);
+  const TokenRecord& r = **found;
+  EXPECT_EQ(r.provider, Provider::kTikTok);
+  EXPECT_EQ(r.kind, TokenKind::kBusinessToken);
+  EXPECT_EQ(r.account_id, "acct-1");
+  EXPECT_EQ(r.state, TokenState::kActive);
+  EXPECT_EQ(r.expires_at, kNow + 30 * 24h);
+  EXPECT_EQ(r.next_refresh_due, kNow + 1h);
+  EXPECT_EQ(r.next_check_due, kNow + 2h);
+  EXPECT_TRUE(r.has_access_token);
+  EXPECT_TRUE(r.has_refresh_token);
+  auto s = store->read_secrets(r);
+  ASSERT_TRUE(s) << s.error().message();
+  EXPECT_EQ(s->access_token.reveal(), "act.first");
+  EXPECT_EQ(s->refresh_token.reveal(), "rft.first");
+
+  // The customer's grant dies, then they reconnect: same row, new secrets, clean state.
+  TokenRecord dead = r;
+  dead.state = TokenState::kNeedsReauth;
+  dead.consecutive_failures = 3;
+  dead.last_error_class = ErrorClass::kPermanent;
+  dead.last_error_message = "invalid_grant";
+  dead.next_refresh_due.reset();
+  dead.next_check_due.reset();
+  ASSERT_TRUE(store->claim(id, kNow, "worker-a", 5min));
+  ASSERT_TRUE(store->save(dead, nullptr, "worker-a", LeaseAction::kKeep));
+  EXPECT_EQ((*store->find(id))->state, TokenState::kNeedsReauth);
+
+  auto again = store->upsert(new_token("acct-1"), secrets("act.second", ""), kNow + 1h,
+                             due_at(kNow + 3h, kNow + 4h));
+  ASSERT_TRUE(again);
+  EXPECT_FALSE(again->created);
+  EXPECT_EQ(again->record.id, id);
+  auto after = **store->find(id);
+  EXPECT_EQ(after.state, TokenState::kActive);
+  EXPECT_EQ(after.consecutive_failures, 0);
+  EXPECT_EQ(after.last_error_class, ErrorClass::kNone);
+  EXPECT_EQ(after.created_at, kNow);
+  EXPECT_EQ(after.connected_at, kNow + 1h);
+  EXPECT_EQ(after.next_refresh_due, kNow + 3h);
+  EXPECT_TRUE(after.lease_owner.empty()) << "a reconnect takes the lease away";
+  EXPECT_FALSE(after.has_refresh_token);
+  auto s2 = store->read_secrets(after);
+  EXPECT_EQ(s2->access_token.reveal(), "act.second");
+  EXPECT_TRUE(s2->refresh_token.empty());
+
+  // The worker that held the lease can no longer write its stale result.
+  auto stale = store->save(dead, nullptr, "worker-a", LeaseAction::kRelease);
+  ASSERT_FALSE(stale.ok());
+  EXPECT_EQ(stale.error().code(), Errc::kLeaseLost);
+  EXPECT_EQ((*store->find(id))->state, TokenState::kActive);
+}
+
+TEST_F(StoreTest, ListFiltersCountsAndRemoves) {
+  auto store = open(key_);
+  ASSERT_TRUE(store->upsert(new_token("t1"), secrets("a", "r"), kNow, due_at(kNow, kNow)));
+  ASSERT_TRUE(store->upsert(new_token("g1", Provider::kGoogle, TokenKind::kRefreshToken),
+                            secrets("", "1//r"), kNow, due_at(kNow, kNow)));
+  NewToken other = new_token("g2", Provider::kGoogle, TokenKind::kRefreshToken);
+  other.workspace_id = "ws-2";
+  ASSERT_TRUE(store->upsert(other, secrets("", "1//s"), kNow, due_at(kNow, kNow)));
+
+  EXPECT_EQ(store->list({})->size(), 3u);
+  EXPECT_EQ(store->list({Provider::kGoogle, {}, {}})->size(), 2u);
+  EXPECT_EQ(store->list({{}, {}, std::string("ws-2")})->size(), 1u);
+  EXPECT_EQ(store->list({{}, TokenState::kRevoked, {}})->size(), 0u);
+  auto listed = *store->list({});
+  EXPECT_EQ(listed[0].provider, Provider::kGoogle) << "ordered by provider, workspace, account";
+  EXPECT_FALSE(listed[0].has_access_token);
+
+  auto counts = *store->count_by_state();
+  ASSERT_EQ(counts.size(), 2u);
+  EXPECT_EQ(counts[0].provider, Provider::kGoogle);
+  EXPECT_EQ(counts[0].count, 2u);
+
+  EXPECT_TRUE(*store->remove(listed[0].id));
+  EXPECT_FALSE(*store->remove(listed[0].id));
+  EXPECT_FALSE(store->find(listed[0].id)->has_value());
+  EXPECT_EQ(store->list({})->size(), 2u);
+}
+
+TEST_F(StoreTest, NoPlaintextSecretInTheDatabaseOrWal) {
+  std::vector<std::string> plain;
+  {
+    auto store = open(key_);
+    for (int i = 0; i < 50; ++i) {
+      plain.push_back("act.PLAINTEXT-ACCESS-" + std::to_string(i) + "-zq9");
+      plain.push_back("rft.PLAINTEXT-REFRESH-" + std::to_string(i) + "-zq9");
+      ASSERT_TRUE(store->upsert(new_token("acct-" + std::to_string(i)),
+                                secrets(plain[plain.size() - 2], plain.back()), kNow,
+                                due_at(kNow, kNow)));
+    }
+    // Rewrite some secrets too, so old ciphertext pages exist.
+    auto jobs = store->claim_due(kNow, 10, "w", 5min);
+    ASSERT_TRUE(jobs);
+    for (auto& d : *jobs) {
+      plain.push_back("rft.PLAINTEXT-ROTATED-" + d.record.id);
+      TokenSecrets s{Secret("act.x"), Secret(plain.back())};
+      ASSERT_TRUE(store->save(d.record, &s, "w", LeaseAction::kRelease));
+    }
+    // Read the files while the store is open: the WAL holds the recent writes.
+    std::string bytes = testing::read_file(db_path()) + testing::read_file(db_path() + "-wal");
+    ASSERT_NE(bytes.find("acct-49"), std::string::npos) << "the scan sees non-secret columns";
+    for (const auto& p : plain)
+      EXPECT_EQ(bytes.find(p), std::string::npos) << p;
+    EXPECT_EQ(bytes.find("PLAINTEXT"), std::string::npos);
+  }
+  std::string bytes = testing::read_file(db_path()) + testing::read_file(db_path() + "-wal");
+  EXPECT_EQ(bytes.find("PLAINTEXT"), std::string::npos);
+}
+
+TEST_F(StoreTest, SwappedCiphertextFailsToDecryptAndNamesTheToken) {
+  auto store = open(key_);
+  auto a = store->upsert(new_token("a"), secrets("act.A", "rft.A"), kNow, due_at(kNow, kNow));
+  auto b = store->upsert(new_token("b"), secrets("act.B", "rft.B"), kNow, due_at(kNow, kNow));
+  ASSERT_TRUE(a && b);
+  // Another row's ciphertext:
+  raw_exec(
+      "UPDATE tokens SET access_token = (SELECT access_token FROM tokens WHERE account_id = "
+      "'a') WHERE account_id = 'b'");
+  auto rb = store->read_secrets(**store->find(b->record.id));
+  ASSERT_FALSE(rb.ok());
+  EXPECT_EQ(rb.error().code(), Errc::kCorrupt);
+  EXPECT_NE(rb.error().message().find(b->record.id), std::string::npos) << rb.error().message();
+  EXPECT_NE(rb.error().message().find("access_token"), std::string::npos);
+  EXPECT_EQ(rb.error().message().find("act.A"), std::string::npos);
+  // Another field's ciphertext in the same row:
+  raw_exec("UPDATE tokens SET access_token = refresh_token WHERE account_id = 'a'");
+  auto ra = store->read_secrets(**store->find(a->record.id));
+  ASSERT_FALSE(ra.ok());
+  EXPECT_EQ(ra.error().code(), Errc::kCorrupt);
+  // A flipped byte:
+  auto c = store->upsert(new_token("c"), secrets("act.C", "rft.C"), kNow, due_at(kNow, kNow));
+  {
+    SQLite::Database db(db_path(), SQLite::OPEN_READWRITE);
+    SQLite::Statement get(db, "SELECT refresh_token FROM tokens WHERE account_id = 'c'");
+    ASSERT_TRUE(get.executeStep());
+    std::string blob(static_cast<const char*>(get.getColumn(0).getBlob()),
+                     static_cast<std::size_t>(get.getColumn(0).getBytes()));
+    get.reset();
+    blob[30] ^= 0x01;
+    SQLite::Statement put(db, "UPDATE tokens SET refresh_token = ?1 WHERE account_id = 'c'");
+    put.bind(1, blob.data(), static_cast<int>(blob.size()));
+    put.exec();
+  }
+  EXPECT_EQ(store->read_secrets(**store->find(c->record.id)).error().code(), Errc::kCorrupt);
+}
+
+TEST_F(StoreTest, WrongKeyFailsToDecryptButMetadataStillReads) {
+  std::string id;
+  {
+    auto store = open(key_);
+    id = store->upsert(new_token("a"), secrets("act.A", "rft.A"), kNow, due_at(kNow, kNow))
+             ->record.id;
+  }
+  auto other = open(make_key());
+  auto r = other->find(id);
+  ASSERT_TRUE(r && *r);
+  auto s = other->read_secrets(**r);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), Errc::kCorrupt);
+  EXPECT_NE(s.error().message().find(id), std::string::npos);
+}
+
+TEST_F(StoreTest, RekeyMovesEverySecretToTheCurrentKey) {
+  std::vector<std::string> ids;
+  {
+    auto store = open(key_);
+    for (int i = 0; i < 1203; ++i) {  // more than one rekey batch
+      ids.push_back(store
+                        ->upsert(new_token("a" + std::to_string(i)),
+                                 secrets("act." + std::to_string(i), i % 2 ? "rft.x" : ""), kNow,
+                                 due_at(kNow, kNow))
+                        ->record.id);
+    }
+  }
+  Key next = make_key();
+  {
+    auto rotating = open(next, {key_});
+    EXPECT_EQ(rotating->read_secrets(**rotating->find(ids[5]))->access_token.reveal(), "act.5")
+        << "old key still opens old secrets";
+    EXPECT_EQ(*rotating->rekey(), ids.size());
+    EXPECT_EQ(*rotating->rekey(), 0u) << "nothing left to do";
+  }
+  auto rotated = open(next);
+  for (std::size_t i = 0; i < ids.size(); i += 97) {
+    auto s = rotated->read_secrets(**rotated->find(ids[i]));
+    ASSERT_TRUE(s) << s.error().message();
+    EXPECT_EQ(s->access_token.reveal(), "act." + std::to_string(i));
+  }
+}
+
+TEST_F(StoreTest, ClaimsDueTokensEarliestFirstAndHidesThemUntilTheLeaseEnds) {
+  auto store = open(key_);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    // Token i: refresh due at now + i minutes, check due in a day.
+    ids.push_back(store
+                      ->upsert(new_token("a" + std::to_string(i)), secrets("x", "y"), kNow,
+                               due_at(kNow + std::chrono::minutes(i), kNow + 24h))
+                      ->record.id);
+  }
+  EXPECT_EQ(**store->earliest_due(), kNow);
+
+  auto first = store->claim_due(kNow + 3min, 2, "w1", 10min);
+  ASSERT_TRUE(first);
+  ASSERT_EQ(first->size(), 2u);
+  EXPECT_EQ((*first)[0].record.id, ids[0]);
+  EXPECT_EQ((*first)[1].record.id, ids[1]);
+  EXPECT_TRUE((*first)[0].refresh_due);
+  EXPECT_FALSE((*first)[0].check_due);
+  EXPECT_EQ((*first)[0].record.next_refresh_due, kNow) << "the claim reports the original due";
+
+  // Claimed tokens are hidden from the next claim, by this worker or another.
+  auto second = store->claim_due(kNow + 3min, 10, "w2", 10min);
+  ASSERT_EQ(second->size(), 2u);
+  EXPECT_EQ((*second)[0].record.id, ids[2]);
+  EXPECT_EQ((*second)[1].record.id, ids[3]);
+  // Everything due is claimed; the next wake-up is token 4, not the claimed ones.
+  EXPECT_EQ(**store->earliest_due(), kNow + 4min);
+  EXPECT_EQ(store->claim_due(kNow + 3min, 10, "w2", 10min)->size(), 0u);
+
+  // w1 finishes token 0; w1 dies holding token 1, which comes due again when its lease ends.
+  TokenRecord done = (*first)[0].record;
+  done.next_refresh_due = kNow + 7 * 24h;
+  done.next_check_due = kNow + 24h;
+  ASSERT_TRUE(store->save(done, nullptr, "w1", LeaseAction::kRelease));
+  auto later = store->claim_due(kNow + 13min, 10, "w3", 10min);
+  ASSERT_TRUE(later);
+  std::vector<std::string> got;
+  for (auto& d : *later)
+    got.push_back(d.record.id);
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[0], ids[4]) << "due at +4min, before the expired leases at +13min";
+  std::sort(got.begin(), got.end());
+  std::vector<std::string> want{ids[1], ids[2], ids[3], ids[4]};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(got, want);
+  auto saved = **store->find(ids[0]);
+  EXPECT_TRUE(saved.lease_owner.empty());
+  EXPECT_EQ(saved.next_refresh_due, kNow + 7 * 24h);
+  // The dead worker's late save is refused: w3 owns token 1 now.
+  auto late = store->save((*first)[1].record, nullptr, "w1", LeaseAction::kRelease);
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.error().code(), Errc::kLeaseLost);
+}
+
+TEST_F(StoreTest, ForcedClaimBlocksScheduledClaimsWithoutBusyLooping) {
+  auto store = open(key_);
+  auto id = store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow))->record.id;
+  ASSERT_TRUE(store->claim(id, kNow, "cli", 2min));
+  auto other = store->claim(id, kNow, "daemon", 5min);
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.error().code(), Errc::kLeaseLost);
+  EXPECT_EQ(store->claim_due(kNow, 10, "daemon", 5min)->size(), 0u);
+  // The daemon's next wake-up is the end of the CLI's lease, not "now" again and again.
+  EXPECT_EQ(**store->earliest_due(), kNow + 2min);
+  EXPECT_EQ(store->claim_due(kNow + 2min, 10, "daemon", 5min)->size(), 1u);
+}
+
+TEST_F(StoreTest, SaveKeepsOrReleasesTheLeaseAndReplacesSecrets) {
+  auto store = open(key_);
+  auto id =
+      store->upsert(new_token("a"), secrets("act.1", "rft.1"), kNow, due_at(kNow, kNow))->record.id;
+  auto job = store->claim_due(kNow, 1, "w", 5min);
+  ASSERT_EQ(job->size(), 1u);
+  TokenRecord r = (*job)[0].record;
+  TokenSecrets rotated{Secret("act.2"), Secret("rft.2")};
+  r.expires_at = kNow + 60 * 24h;
+  ASSERT_TRUE(store->save(r, &rotated, "w", LeaseAction::kKeep));
+  EXPECT_EQ((*store->find(id))->lease_owner, "w");
+  EXPECT_EQ(store->read_secrets(r)->refresh_token.reveal(), "rft.2");
+  ASSERT_TRUE(store->save(r, nullptr, "w", LeaseAction::kRelease));
+  auto after = **store->find(id);
+  EXPECT_TRUE(after.lease_owner.empty());
+  EXPECT_FALSE(after.lease_until.has_value());
+  EXPECT_EQ(after.expires_at, kNow + 60 * 24h);
+  EXPECT_EQ(store->read_secrets(after)->refresh_token.reveal(), "rft.2");
+  EXPECT_EQ(store->save(r, nullptr, "w", LeaseAction::kRelease).error().code(), Errc::kLeaseLost);
+}
+
+TEST_F(StoreTest, ScheduleQueriesUseTheDueIndexes) {
+  auto store = open(key_);
+  auto plan = store->explain_schedule_queries();
+  ASSERT_TRUE(plan) << plan.error().message();
+  EXPECT_NE(plan->find("tokens_refresh_due"), std::string::npos) << *plan;
+  EXPECT_NE(plan->find("tokens_check_due"), std::string::npos) << *plan;
+  EXPECT_EQ(plan->find("TEMP B-TREE"), std::string::npos) << "no sort of the whole table\n"
+                                                          << *plan;
+  // Every step reads through an index, never the table alone.
+  std::size_t lines = 0, indexed = 0;
+  for (std::size_t pos = 0; pos < plan->size();) {
+    std::size_t end = plan->find('\n', pos);
+    std::string line = plan->substr(pos, end - pos);
+    ++lines;
+    if (line.find("USING INDEX tokens_") != std::string::npos ||
+        line.find("USING COVERING INDEX tokens_") != std::string::npos) {
+      ++indexed;
+    }
+    pos = end + 1;
+  }
+  EXPECT_EQ(indexed, lines) << *plan;
+}
+
+TEST_F(StoreTest, ALockedDatabaseIsBusyNotAnError) {
+  auto store = open(key_);
+  SQLite::Database other(db_path(), SQLite::OPEN_READWRITE);
+  other.exec("BEGIN IMMEDIATE");
+  auto r = store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), Errc::kBusy) << r.error().message();
+  other.exec("ROLLBACK");
+  EXPECT_TRUE(store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow)).ok());
+}
+
+}  // namespace
+}  // namespace tw
