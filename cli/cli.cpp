@@ -279,6 +279,18 @@ void print_record(std::ostream& out, const TokenRecord& r) {
   if (!r.lease_owner.empty()) line("lease", r.lease_owner + " until " + format_time(r.lease_until));
 }
 
+bool provider_enabled(const Config& config, Provider p) {
+  switch (p) {
+    case Provider::kMeta:
+      return config.providers.meta.enabled;
+    case Provider::kGoogle:
+      return config.providers.google.enabled;
+    case Provider::kTikTok:
+      return config.providers.tiktok.enabled;
+  }
+  return false;
+}
+
 Policy make_policy(const Config& config) {
   auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
   return Policy(PolicyConfig::from(config),
@@ -352,6 +364,23 @@ Result<NewToken> parse_add(const AddArgs& a, SysTime now) {
   return t;
 }
 
+// Loads the configuration and opens the store, then runs `body(config, store)`.
+template <class Body>
+int with_store(Invocation& inv, Body&& body) {
+  auto config = inv.config();
+  if (!config) return report(inv.env, config.error());
+  auto store = inv.store(*config);
+  if (!store) return report(inv.env, store.error());
+  return body(*config, **store);
+}
+
+// A worker name for leases taken by this command.
+std::string cli_owner() {
+  char host[256] = "unknown";
+  gethostname(host, sizeof host - 1);
+  return "cli:" + std::string(host) + ":" + std::to_string(getpid());
+}
+
 int cmd_add(Invocation& inv, const AddArgs& args) {
   const SysTime now = inv.clock.now();
   // Validate everything before touching the database, so bad input changes nothing.
@@ -359,21 +388,24 @@ int cmd_add(Invocation& inv, const AddArgs& args) {
   if (!token) return report(inv.env, token.error());
   auto secrets = read_stdin_secrets(inv.env, token->kind);
   if (!secrets) return report(inv.env, secrets.error());
-  auto config = inv.config();
-  if (!config) return report(inv.env, config.error());
-  auto store = inv.store(*config);
-  if (!store) return report(inv.env, store.error());
-  Policy policy = make_policy(*config);
-  auto result =
-      (*store)->upsert(*token, *secrets, now, [&](TokenRecord& r) { policy.schedule_new(r, now); });
-  if (!result) return report(inv.env, result.error());
-  const TokenRecord& r = result->record;
-  inv.env.out << (result->created ? "added " : "reconnected ") << r.id << " ("
-              << to_string(r.provider) << " " << to_string(r.kind) << ", account " << r.account_id
-              << "); next refresh "
-              << (r.next_refresh_due ? format_time(*r.next_refresh_due) : "not scheduled")
-              << ", next check " << format_time(r.next_check_due) << "\n";
-  return kExitOk;
+  return with_store(inv, [&](const Config& config, SqliteTokenStore& store) {
+    Policy policy = make_policy(config);
+    auto result =
+        store.upsert(*token, *secrets, now, [&](TokenRecord& r) { policy.schedule_new(r, now); });
+    if (!result) return report(inv.env, result.error());
+    const TokenRecord& r = result->record;
+    inv.env.out << (result->created ? "added " : "reconnected ") << r.id << " ("
+                << to_string(r.provider) << " " << to_string(r.kind) << ", account " << r.account_id
+                << "); next refresh "
+                << (r.next_refresh_due ? format_time(*r.next_refresh_due) : "not scheduled")
+                << ", next check " << format_time(r.next_check_due) << "\n";
+    if (!provider_enabled(config, r.provider)) {
+      inv.env.err << "tokenwarden: warning: provider " << to_string(r.provider)
+                  << " is not enabled in " << config.source
+                  << ": the daemon will not renew or check this token until it is\n";
+    }
+    return kExitOk;
+  });
 }
 
 struct ListArgs {
@@ -385,68 +417,97 @@ int cmd_list(Invocation& inv, const ListArgs& args) {
   ListFilter filter;
   if (!args.provider.empty()) {
     filter.provider = parse_provider(args.provider);
-    if (!filter.provider)
+    if (!filter.provider) {
       return report(inv.env, usage("unknown provider \"" + args.provider + "\""));
+    }
   }
   if (!args.state.empty()) {
     filter.state = parse_token_state(args.state);
     if (!filter.state) return report(inv.env, usage("unknown state \"" + args.state + "\""));
   }
   if (!args.workspace.empty()) filter.workspace_id = args.workspace;
-  auto config = inv.config();
-  if (!config) return report(inv.env, config.error());
-  auto store = inv.store(*config);
-  if (!store) return report(inv.env, store.error());
-  auto rows = (*store)->list(filter);
-  if (!rows) return report(inv.env, rows.error());
-  if (args.json) {
-    nlohmann::json arr = nlohmann::json::array();
-    for (const auto& r : *rows)
-      arr.push_back(to_json(r));
-    inv.env.out << arr.dump(2) << "\n";
-  } else {
-    print_table(inv.env.out, *rows);
-  }
-  return kExitOk;
+  return with_store(inv, [&](const Config&, SqliteTokenStore& store) {
+    auto rows = store.list(filter);
+    if (!rows) return report(inv.env, rows.error());
+    if (args.json) {
+      nlohmann::json arr = nlohmann::json::array();
+      for (const auto& r : *rows)
+        arr.push_back(to_json(r));
+      inv.env.out << arr.dump(2) << "\n";
+    } else {
+      print_table(inv.env.out, *rows);
+    }
+    return kExitOk;
+  });
 }
 
 int cmd_show(Invocation& inv, const std::string& id, bool json) {
-  auto config = inv.config();
-  if (!config) return report(inv.env, config.error());
-  auto store = inv.store(*config);
-  if (!store) return report(inv.env, store.error());
-  auto row = (*store)->find(id);
-  if (!row) return report(inv.env, row.error());
-  if (!*row) return report(inv.env, Error(Errc::kNotFound, "no token " + id));
-  if (json) {
-    inv.env.out << to_json(**row).dump(2) << "\n";
-  } else {
-    print_record(inv.env.out, **row);
-  }
-  return kExitOk;
+  return with_store(inv, [&](const Config&, SqliteTokenStore& store) {
+    auto row = store.find(id);
+    if (!row) return report(inv.env, row.error());
+    if (!*row) return report(inv.env, Error(Errc::kNotFound, "no token " + id));
+    if (json) {
+      inv.env.out << to_json(**row).dump(2) << "\n";
+    } else {
+      print_record(inv.env.out, **row);
+    }
+    return kExitOk;
+  });
 }
 
 int cmd_remove(Invocation& inv, const std::string& id) {
-  auto config = inv.config();
-  if (!config) return report(inv.env, config.error());
-  auto store = inv.store(*config);
-  if (!store) return report(inv.env, store.error());
-  auto removed = (*store)->remove(id);
-  if (!removed) return report(inv.env, removed.error());
-  if (!*removed) return report(inv.env, Error(Errc::kNotFound, "no token " + id));
-  inv.env.out << "removed " << id << "\n";
-  return kExitOk;
+  return with_store(inv, [&](const Config&, SqliteTokenStore& store) {
+    auto removed = store.remove(id);
+    if (!removed) return report(inv.env, removed.error());
+    if (!*removed) return report(inv.env, Error(Errc::kNotFound, "no token " + id));
+    inv.env.out << "removed " << id << "\n";
+    return kExitOk;
+  });
+}
+
+// Switches a token off (no renewals, no checks) or back on. Takes the token's lease, so it never
+// races a worker that is renewing it.
+int cmd_set_enabled(Invocation& inv, const std::string& id, bool enable) {
+  return with_store(inv, [&](const Config& config, SqliteTokenStore& store) {
+    const SysTime now = inv.clock.now();
+    const std::string owner = cli_owner();
+    auto claimed = store.claim(id, now, owner, std::chrono::minutes(1));
+    if (!claimed) return report(inv.env, claimed.error());
+    TokenRecord r = std::move(*claimed);
+    const TokenState before = r.state;
+    if (enable && (before == TokenState::kNeedsReauth || before == TokenState::kRevoked)) {
+      (void)store.save(r, nullptr, owner, LeaseAction::kRelease);
+      return report(inv.env, usage("token " + id + " is " + std::string(to_string(before)) +
+                                   ": reconnect it with `tokenwarden add` and fresh tokens"));
+    }
+    if (enable == (before != TokenState::kDisabled)) {
+      (void)store.save(r, nullptr, owner, LeaseAction::kRelease);
+      inv.env.out << id << " is already " << to_string(before) << "\n";
+      return kExitOk;
+    }
+    r.state = enable ? TokenState::kActive : TokenState::kDisabled;
+    r.state_since = now;
+    r.updated_at = now;
+    r.consecutive_failures = 0;
+    make_policy(config).schedule_new(r, now);
+    if (auto st = store.save(r, nullptr, owner, LeaseAction::kRelease); !st) {
+      return report(inv.env, st.error());
+    }
+    inv.env.out << (enable ? "enabled " : "disabled ") << id << "; next refresh "
+                << (r.next_refresh_due ? format_time(*r.next_refresh_due) : "not scheduled")
+                << ", next check "
+                << (r.next_check_due ? format_time(*r.next_check_due) : "not scheduled") << "\n";
+    return kExitOk;
+  });
 }
 
 int cmd_rekey(Invocation& inv) {
-  auto config = inv.config();
-  if (!config) return report(inv.env, config.error());
-  auto store = inv.store(*config);
-  if (!store) return report(inv.env, store.error());
-  auto n = (*store)->rekey();
-  if (!n) return report(inv.env, n.error());
-  inv.env.out << "re-encrypted " << *n << " token(s) with the current key\n";
-  return kExitOk;
+  return with_store(inv, [&](const Config&, SqliteTokenStore& store) {
+    auto n = store.rekey();
+    if (!n) return report(inv.env, n.error());
+    inv.env.out << "re-encrypted " << *n << " token(s) with the current key\n";
+    return kExitOk;
+  });
 }
 
 }  // namespace
@@ -516,6 +577,17 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   auto* remove = app.add_subcommand("remove", "Delete a token and its encrypted secrets.");
   remove->add_option("id", remove_id, "Token id (tok_...)")->required();
 
+  std::string disable_id, enable_id;
+  auto* disable = app.add_subcommand(
+      "disable",
+      "Stop renewing and checking a token, keeping it and its secrets (state disabled).");
+  disable->add_option("id", disable_id, "Token id (tok_...)")->required();
+  auto* enable = app.add_subcommand(
+      "enable",
+      "Resume a disabled token: it is scheduled again from now. A needs_reauth or\n"
+      "revoked token cannot be enabled; reconnect it with `add` instead.");
+  enable->add_option("id", enable_id, "Token id (tok_...)")->required();
+
   auto* rekey = app.add_subcommand(
       "rekey",
       "Re-encrypt every secret sealed with a previous key (key.previous_files) with the\n"
@@ -552,6 +624,8 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   if (*list) return cmd_list(inv, list_args);
   if (*show) return cmd_show(inv, show_id, show_json);
   if (*remove) return cmd_remove(inv, remove_id);
+  if (*disable) return cmd_set_enabled(inv, disable_id, false);
+  if (*enable) return cmd_set_enabled(inv, enable_id, true);
   if (*rekey) return cmd_rekey(inv);
   if (*demo) return run_demo(demo_dir, demo_days, env);
   return kExitUsage;

@@ -51,8 +51,8 @@ PolicyConfig PolicyConfig::from(const Config& config) {
           config.providers.tiktok.schedule, config.retry};
 }
 
-Policy::Policy(PolicyConfig config, std::function<double()> random01)
-    : config_(std::move(config)), random01_(std::move(random01)) {}
+Policy::Policy(const PolicyConfig& config, std::function<double()> random01)
+    : config_(config), random01_(std::move(random01)) {}
 
 const ScheduleConfig& Policy::schedule_for(Provider provider) const {
   switch (provider) {

@@ -48,7 +48,7 @@ struct PolicyConfig {
 class Policy {
  public:
   // `random01` returns numbers in [0, 1) for jitter; tests pass a fixed one.
-  Policy(PolicyConfig config, std::function<double()> random01);
+  Policy(const PolicyConfig& config, std::function<double()> random01);
 
   const ScheduleConfig& schedule_for(Provider provider) const;
 

@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <map>
 #include <span>
+#include <system_error>
 #include <tuple>
 
 #include <SQLiteCpp/Database.h>
@@ -208,7 +208,8 @@ Status create_private_file(const std::string& path) {
   }
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) {
-    return Error(Errc::kIo, "cannot create database " + path + ": " + std::strerror(errno));
+    return Error(Errc::kIo,
+                 "cannot create database " + path + ": " + std::generic_category().message(errno));
   }
   ::close(fd);
   return Ok();

@@ -84,7 +84,8 @@ TEST_F(Cli, HelpDescribesEveryCommandAndTheExitCodes) {
        {"keygen", "add", "list", "show", "remove", "rekey", "demo", "Exit codes", "78"}) {
     EXPECT_NE(r.out.find(word), std::string::npos) << word << "\n" << r.out;
   }
-  for (const char* cmd : {"keygen", "add", "list", "show", "remove", "rekey", "demo"}) {
+  for (const char* cmd :
+       {"keygen", "add", "list", "show", "remove", "disable", "enable", "rekey", "demo"}) {
     Outcome h = run({cmd, "--help"}, "", false);
     EXPECT_EQ(h.exit_code, 0) << cmd << h.err;
     EXPECT_NE(h.out.find("Usage"), std::string::npos) << cmd;
@@ -158,6 +159,35 @@ TEST_F(Cli, AddListShowReconnectRemove) {
   EXPECT_EQ(run({"remove", id}).exit_code, 3);
   EXPECT_EQ(run({"show", id}).exit_code, 3);
   EXPECT_EQ(token_count(), 0u);
+}
+
+TEST_F(Cli, DisableAndEnableAToken) {
+  Outcome added = add("biz-9", "act.9\nrft.9\n", {"--expires-at", "+30d"});
+  ASSERT_EQ(added.exit_code, 0) << added.err;
+  const std::string id = id_from(added.out);
+  EXPECT_NE(added.err.find("warning: provider tiktok is not enabled"), std::string::npos)
+      << added.err;
+
+  Outcome off = run({"disable", id});
+  ASSERT_EQ(off.exit_code, 0) << off.err;
+  EXPECT_NE(off.out.find("disabled " + id +
+                         "; next refresh not scheduled, next check not "
+                         "scheduled"),
+            std::string::npos)
+      << off.out;
+  auto doc = nlohmann::json::parse(run({"show", id, "--json"}).out);
+  EXPECT_EQ(doc["state"], "disabled");
+  EXPECT_TRUE(doc["next_check_due"].is_null());
+  EXPECT_TRUE(doc["lease_owner"].is_null()) << "the command releases its lease";
+  EXPECT_NE(run({"disable", id}).out.find("already disabled"), std::string::npos);
+
+  Outcome on = run({"enable", id});
+  ASSERT_EQ(on.exit_code, 0) << on.err;
+  doc = nlohmann::json::parse(run({"show", id, "--json"}).out);
+  EXPECT_EQ(doc["state"], "active");
+  EXPECT_TRUE(doc["next_check_due"].is_string());
+  EXPECT_TRUE(doc["next_refresh_due"].is_string());
+  EXPECT_EQ(run({"enable", "tok_0000000000000000"}).exit_code, 3);
 }
 
 TEST_F(Cli, BadInputIsOneLineExitTwoAndChangesNothing) {
