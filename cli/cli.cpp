@@ -32,10 +32,10 @@ constexpr const char* kExitCodes =
     "Exit codes: 0 success; 1 operational failure (database, key file, I/O); 2 bad usage or "
     "input, nothing changed; 3 no such token; 78 bad configuration.";
 
+// Exit code 3 ("no such token") is not here: only the token lookups return it, so a missing key
+// file or database (also kNotFound) is an operational failure.
 int exit_code_for(const Error& e) {
   switch (e.code()) {
-    case Errc::kNotFound:
-      return kExitNotFound;
     case Errc::kConfig:
       return kExitConfig;
     case Errc::kInvalidArgument:
@@ -307,8 +307,8 @@ struct Invocation {
 
   Result<Config> config() { return load_config(config_path); }
 
-  Result<std::unique_ptr<SqliteTokenStore>> store(const Config& c) {
-    return open_token_store(c.database, c.key, env.credentials_directory);
+  Result<std::unique_ptr<SqliteTokenStore>> store(const Config& c, OpenMode mode) {
+    return open_token_store(c.database, c.key, env.credentials_directory, mode);
   }
 };
 
@@ -364,12 +364,19 @@ Result<NewToken> parse_add(const AddArgs& a, SysTime now) {
   return t;
 }
 
-// Loads the configuration and opens the store, then runs `body(config, store)`.
+// "No such token": exit 3.
+int no_such_token(CliEnv& env, const std::string& id) {
+  env.err << "tokenwarden: error: no token " << id << "\n";
+  return kExitNotFound;
+}
+
+// Loads the configuration and opens the store, then runs `body(config, store)`. Only `add`
+// creates a missing database; every other command reports it.
 template <class Body>
-int with_store(Invocation& inv, Body&& body) {
+int with_store(Invocation& inv, OpenMode mode, Body&& body) {
   auto config = inv.config();
   if (!config) return report(inv.env, config.error());
-  auto store = inv.store(*config);
+  auto store = inv.store(*config, mode);
   if (!store) return report(inv.env, store.error());
   return body(*config, **store);
 }
@@ -388,7 +395,7 @@ int cmd_add(Invocation& inv, const AddArgs& args) {
   if (!token) return report(inv.env, token.error());
   auto secrets = read_stdin_secrets(inv.env, token->kind);
   if (!secrets) return report(inv.env, secrets.error());
-  return with_store(inv, [&](const Config& config, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kCreate, [&](const Config& config, SqliteTokenStore& store) {
     Policy policy = make_policy(config);
     auto result =
         store.upsert(*token, *secrets, now, [&](TokenRecord& r) { policy.schedule_new(r, now); });
@@ -426,7 +433,7 @@ int cmd_list(Invocation& inv, const ListArgs& args) {
     if (!filter.state) return report(inv.env, usage("unknown state \"" + args.state + "\""));
   }
   if (!args.workspace.empty()) filter.workspace_id = args.workspace;
-  return with_store(inv, [&](const Config&, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config&, SqliteTokenStore& store) {
     auto rows = store.list(filter);
     if (!rows) return report(inv.env, rows.error());
     if (args.json) {
@@ -442,10 +449,10 @@ int cmd_list(Invocation& inv, const ListArgs& args) {
 }
 
 int cmd_show(Invocation& inv, const std::string& id, bool json) {
-  return with_store(inv, [&](const Config&, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config&, SqliteTokenStore& store) {
     auto row = store.find(id);
     if (!row) return report(inv.env, row.error());
-    if (!*row) return report(inv.env, Error(Errc::kNotFound, "no token " + id));
+    if (!*row) return no_such_token(inv.env, id);
     if (json) {
       inv.env.out << to_json(**row).dump(2) << "\n";
     } else {
@@ -456,10 +463,10 @@ int cmd_show(Invocation& inv, const std::string& id, bool json) {
 }
 
 int cmd_remove(Invocation& inv, const std::string& id) {
-  return with_store(inv, [&](const Config&, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config&, SqliteTokenStore& store) {
     auto removed = store.remove(id);
     if (!removed) return report(inv.env, removed.error());
-    if (!*removed) return report(inv.env, Error(Errc::kNotFound, "no token " + id));
+    if (!*removed) return no_such_token(inv.env, id);
     inv.env.out << "removed " << id << "\n";
     return kExitOk;
   });
@@ -468,10 +475,11 @@ int cmd_remove(Invocation& inv, const std::string& id) {
 // Switches a token off (no renewals, no checks) or back on. Takes the token's lease, so it never
 // races a worker that is renewing it.
 int cmd_set_enabled(Invocation& inv, const std::string& id, bool enable) {
-  return with_store(inv, [&](const Config& config, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config& config, SqliteTokenStore& store) {
     const SysTime now = inv.clock.now();
     const std::string owner = cli_owner();
     auto claimed = store.claim(id, now, owner, std::chrono::minutes(1));
+    if (!claimed && claimed.error().code() == Errc::kNotFound) return no_such_token(inv.env, id);
     if (!claimed) return report(inv.env, claimed.error());
     TokenRecord r = std::move(*claimed);
     const TokenState before = r.state;
@@ -502,10 +510,21 @@ int cmd_set_enabled(Invocation& inv, const std::string& id, bool enable) {
 }
 
 int cmd_rekey(Invocation& inv) {
-  return with_store(inv, [&](const Config&, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config&, SqliteTokenStore& store) {
     auto n = store.rekey();
     if (!n) return report(inv.env, n.error());
     inv.env.out << "re-encrypted " << *n << " token(s) with the current key\n";
+    // A process still running with the old key may have sealed a renewal meanwhile.
+    auto left = store.count_sealed_with_old_keys();
+    if (!left) return report(inv.env, left.error());
+    if (*left > 0) {
+      inv.env.err << "tokenwarden: error: " << *left
+                  << " token(s) were sealed again with an old key while this ran: restart every "
+                     "tokenwarden process with the new key configuration, then run rekey "
+                     "again before retiring the old key\n";
+      return kExitFailure;
+    }
+    inv.env.out << "no secret is sealed with an old key: the previous key files can be retired\n";
     return kExitOk;
   });
 }

@@ -20,6 +20,8 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include "core/fs.h"
+
 namespace tw {
 
 namespace {
@@ -30,10 +32,6 @@ namespace {
 constexpr std::string_view kSecretForms =
     "secrets must be given as {file: PATH}, {env: NAME} or {credential: NAME}";
 constexpr std::string_view kDurationHint = "a duration like 7d, 72h, 90s";
-
-std::string errno_text(int err) {
-  return std::error_code(err, std::generic_category()).message();
-}
 
 // `s` with control characters escaped, so that it cannot break a message into two lines.
 std::string one_line(std::string_view s) {
@@ -114,20 +112,6 @@ std::string_view kind_of(const YAML::Node& node) {
 
 constexpr std::size_t kMaxFileBytes = 1 << 20;
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
 // Doubles the size of `buf`, wiping the old allocation.
 void grow(std::string& buf) {
   std::string bigger(buf.size() * 2, '\0');
@@ -139,7 +123,7 @@ void grow(std::string& buf) {
 // Reads the file at `path` into `out` (replacing its contents). Returns 0 or an errno value;
 // EFBIG past kMaxFileBytes.
 int read_whole_file(const std::string& path, std::string& out) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return errno;
   struct stat st {};
   std::size_t size_hint = 4096;
@@ -609,6 +593,7 @@ void parse_database(MapReader& r, DatabaseConfig& c) {
   r.string("path", c.path);
   r.period("busy_timeout", c.busy_timeout);
   r.finish();
+  if (c.busy_timeout > std::chrono::hours(1)) r.fail("busy_timeout", "must be at most 1h");
 }
 
 void parse_key(MapReader& r, KeyConfig& c) {
@@ -735,6 +720,12 @@ void parse_sections(MapReader& r, Config& c) {
   if (auto s = r.section("log")) parse_log(*s, c.log);
   r.finish();
   fill_tiktok_defaults(c.providers.tiktok);
+  if (c.scheduler.lease <= c.http.total_timeout) {
+    r.fail("scheduler", "lease (" + format_duration(c.scheduler.lease) +
+                            ") must be longer than http.total_timeout (" +
+                            format_duration(c.http.total_timeout) +
+                            "): a lease that ends mid-request would let a second worker in");
+  }
 }
 
 // Throws YAML::Exception on a syntax error.

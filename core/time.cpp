@@ -43,6 +43,8 @@ bool read_fixed(std::string_view s, std::size_t pos, std::size_t n, int& out) {
   return true;
 }
 
+Result<SysTime> parse_time_unchecked(std::string_view text, SysTime now);
+
 Error bad_time(std::string_view text) {
   return Error(
       Errc::kInvalidArgument,
@@ -118,6 +120,20 @@ std::string format_time(const std::optional<SysTime>& t) {
 }
 
 Result<SysTime> parse_time(std::string_view text, SysTime now) {
+  auto t = parse_time_unchecked(text, now);
+  if (!t) return t;
+  // Times must print as RFC 3339 (rule 11) and leave room for arithmetic.
+  constexpr std::int64_t kLatest = 253402300799;  // 9999-12-31T23:59:59Z
+  if (to_unix(*t) < 0 || to_unix(*t) > kLatest) {
+    return Error(Errc::kInvalidArgument,
+                 "time \"" + std::string(text) + "\" is outside 1970-01-01 to 9999-12-31");
+  }
+  return t;
+}
+
+namespace {
+
+Result<SysTime> parse_time_unchecked(std::string_view text, SysTime now) {
   if (text.empty()) return bad_time(text);
   if (text[0] == '+') {
     auto d = parse_duration(text.substr(1));
@@ -170,5 +186,7 @@ Result<SysTime> parse_time(std::string_view text, SysTime now) {
   SysTime t = sys_days{ymd} + hours{hour} + minutes{min} + Seconds{sec};
   return t - Seconds{offset_s};
 }
+
+}  // namespace
 
 }  // namespace tw

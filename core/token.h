@@ -6,6 +6,7 @@
 // Every field of a TokenRecord is safe to print.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -98,6 +99,9 @@ struct TokenRecord {
 
   std::string lease_owner;  // empty: not leased
   std::optional<SysTime> lease_until;
+  // Fencing token: incremented by every claim and reconnect. A write carrying an older
+  // generation is refused, so a worker that lost its lease can never overwrite newer state.
+  std::int64_t lease_generation = 0;
 
   bool has_access_token = false;
   bool has_refresh_token = false;

@@ -134,18 +134,35 @@ void Policy::clear_failures(TokenRecord& r, SysTime now) const {
 void Policy::on_refresh_success(TokenRecord& r, SysTime now) const {
   r.last_refreshed_at = now;
   r.updated_at = now;
-  // A renewal that worked proves the grant is alive, whatever failed before.
+  if (r.state == TokenState::kDisabled) return unschedule(r);
+  // A renewal that worked proves the grant is alive, whatever failed before (even a forced
+  // renewal of a token marked needs_reauth).
   clear_failures(r, now);
-  r.next_refresh_due = next_refresh(r, now);
+  auto due = next_refresh(r, now);
+  if (due && *due <= now) {
+    // The renewal did not move the expiry beyond renew_before (the provider sent the same expiry,
+    // or none): renewing again at once would loop. Try again one check period later.
+    due = now + schedule_for(r.provider).check_every;
+  }
+  r.next_refresh_due = due;
   if (!r.next_check_due) r.next_check_due = next_check(r, now);
 }
 
 void Policy::on_check_success(TokenRecord& r, SysTime now) const {
   r.last_checked_at = now;
   r.updated_at = now;
+  if (r.state == TokenState::kDisabled) return unschedule(r);
   // A passing check does not excuse a renewal that keeps failing: that stays in backoff.
-  if (r.last_error_operation != Operation::kRefresh) clear_failures(r, now);
+  const bool renewal_failing =
+      r.state == TokenState::kFailing && r.last_error_operation == Operation::kRefresh;
+  if (!renewal_failing) clear_failures(r, now);
   r.next_check_due = next_check(r, now);
+  if (!r.next_refresh_due) r.next_refresh_due = next_refresh(r, now);
+}
+
+void Policy::unschedule(TokenRecord& r) const {
+  r.next_refresh_due.reset();
+  r.next_check_due.reset();
 }
 
 void Policy::on_failure(TokenRecord& r, Operation op, const Failure& failure, SysTime now) const {
@@ -156,6 +173,8 @@ void Policy::on_failure(TokenRecord& r, Operation op, const Failure& failure, Sy
   r.last_error_message = failure.message;
   r.last_error_at = now;
   if (op == Operation::kCheck) r.last_checked_at = now;
+  // An operator's `disable` stands whatever a forced operation found.
+  if (r.state == TokenState::kDisabled) return unschedule(r);
 
   switch (failure.error_class) {
     case ErrorClass::kPermanent:
@@ -164,9 +183,7 @@ void Policy::on_failure(TokenRecord& r, Operation op, const Failure& failure, Sy
                 failure.error_class == ErrorClass::kRevoked ? TokenState::kRevoked
                                                             : TokenState::kNeedsReauth,
                 now);
-      r.next_refresh_due.reset();
-      r.next_check_due.reset();
-      return;
+      return unschedule(r);
     case ErrorClass::kNone:
     case ErrorClass::kTransient:
     case ErrorClass::kMalformed:

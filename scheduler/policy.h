@@ -13,6 +13,10 @@
 //   tokenwarden its lifetime. A due time in the past is written as now.
 // Checks: every check_every, at a fixed per-token offset within the period (a stable hash of the
 // token id), so checks of a million tokens spread evenly instead of bursting on the hour.
+// After a successful renewal, a renewal due at once (the provider did not extend the expiry) is
+// put off by one check period instead, so a fixed expiry cannot make a renewal loop. Success
+// clears failures and brings needs_reauth and revoked back to active (the grant is alive); a
+// disabled token stays disabled, unscheduled, whatever a forced operation found.
 // Failures: transient and malformed ones retry after initial_backoff * 2^(n-1), capped at
 // max_backoff, drawn from [d * (1 - jitter), d], and never sooner than a provider's Retry-After;
 // after malformed_cap malformed replies in a row, at max_backoff. Configuration errors (our own
@@ -25,16 +29,11 @@
 #include <string>
 
 #include "config/config.h"
+#include "core/outcome.h"
 #include "core/time.h"
 #include "core/token.h"
 
 namespace tw {
-
-struct Failure {
-  ErrorClass error_class = ErrorClass::kTransient;
-  std::string message;                 // one line, no secret
-  std::optional<Seconds> retry_after;  // from a Retry-After header or a provider's hint
-};
 
 struct PolicyConfig {
   ScheduleConfig meta;
@@ -74,6 +73,7 @@ class Policy {
  private:
   void set_state(TokenRecord& r, TokenState s, SysTime now) const;
   void clear_failures(TokenRecord& r, SysTime now) const;
+  void unschedule(TokenRecord& r) const;
 
   PolicyConfig config_;
   std::function<double()> random01_;

@@ -3,16 +3,24 @@
 namespace tw {
 
 Scheduler::Scheduler(TokenStore& store, const Policy& policy, const Clock& clock,
-                     SchedulerConfig config, std::string owner)
-    : store_(store), policy_(policy), clock_(clock), config_(config), owner_(std::move(owner)) {}
+                     SchedulerConfig config, std::string owner, ProviderSet providers)
+    : store_(store),
+      policy_(policy),
+      clock_(clock),
+      config_(config),
+      owner_(std::move(owner)),
+      providers_(std::move(providers)) {}
 
 Result<std::optional<SysTime>> Scheduler::next_wake() {
-  return store_.earliest_due();
+  return store_.earliest_due(providers_);
 }
 
 Result<std::vector<Job>> Scheduler::claim_due() {
-  auto due = store_.claim_due(clock_.now(), static_cast<std::size_t>(config_.batch_size), owner_,
-                              config_.lease);
+  return claim_due(static_cast<std::size_t>(config_.batch_size));
+}
+
+Result<std::vector<Job>> Scheduler::claim_due(std::size_t limit) {
+  auto due = store_.claim_due(clock_.now(), limit, owner_, config_.lease, providers_);
   if (!due) return due.error();
   std::vector<Job> jobs;
   jobs.reserve(due->size());
@@ -28,31 +36,20 @@ Result<Job> Scheduler::claim(std::string_view id) {
   return Job{std::move(*r), renewable, true};
 }
 
-Status Scheduler::record(Job& job, Outcome outcome, bool last) {
+Status Scheduler::record(Job& job, const Outcome& outcome, bool last) {
   const SysTime now = clock_.now();
   TokenRecord next = job.record;
-  const TokenSecrets* secrets = nullptr;
+  // New secrets are stored whatever the outcome; the store keeps a stored secret wherever the
+  // provider sent none (Google rarely returns a refresh token; Meta has none).
+  const TokenSecrets* secrets = outcome.secrets ? &*outcome.secrets : nullptr;
+  if (secrets != nullptr) {
+    next.has_access_token = next.has_access_token || !secrets->access_token.empty();
+    next.has_refresh_token = next.has_refresh_token || !secrets->refresh_token.empty();
+  }
   if (outcome.ok) {
     if (outcome.expires_at) next.expires_at = outcome.expires_at;
     if (outcome.refresh_expires_at) next.refresh_expires_at = outcome.refresh_expires_at;
     if (outcome.scopes) next.scopes = *outcome.scopes;
-    if (outcome.secrets) {
-      // Keep a stored secret the provider did not send again (Google rarely returns a refresh
-      // token; Meta has none).
-      auto stored = outcome.secrets->access_token.empty() || outcome.secrets->refresh_token.empty()
-                        ? store_.read_secrets(job.record)
-                        : Result<TokenSecrets>(TokenSecrets{});
-      if (!stored) return stored.error();
-      if (outcome.secrets->access_token.empty()) {
-        outcome.secrets->access_token = std::move(stored->access_token);
-      }
-      if (outcome.secrets->refresh_token.empty()) {
-        outcome.secrets->refresh_token = std::move(stored->refresh_token);
-      }
-      next.has_access_token = !outcome.secrets->access_token.empty();
-      next.has_refresh_token = !outcome.secrets->refresh_token.empty();
-      secrets = &*outcome.secrets;
-    }
     if (outcome.op == Operation::kRefresh) {
       policy_.on_refresh_success(next, now);
     } else {
@@ -61,6 +58,16 @@ Status Scheduler::record(Job& job, Outcome outcome, bool last) {
   } else {
     policy_.on_failure(next, outcome.op, outcome.failure, now);
   }
+  if (!last && job.record.lease_until) {
+    // The job keeps its lease for its next operation: keep that operation out of sight of
+    // claim_due until the lease ends, as the claim left it.
+    if (next.next_refresh_due && *next.next_refresh_due <= now) {
+      next.next_refresh_due = job.record.lease_until;
+    }
+    if (next.next_check_due && *next.next_check_due <= now) {
+      next.next_check_due = job.record.lease_until;
+    }
+  }
   if (auto st =
           store_.save(next, secrets, owner_, last ? LeaseAction::kRelease : LeaseAction::kKeep);
       !st) {
@@ -68,6 +75,20 @@ Status Scheduler::record(Job& job, Outcome outcome, bool last) {
   }
   job.record = std::move(next);
   return Ok();
+}
+
+Status Scheduler::postpone(Job& job, SysTime until) {
+  TokenRecord next = job.record;
+  if (job.refresh_due && next.next_refresh_due) next.next_refresh_due = until;
+  if (job.check_due && next.next_check_due) next.next_check_due = until;
+  next.updated_at = clock_.now();
+  if (auto st = store_.save(next, nullptr, owner_, LeaseAction::kRelease); !st) return st;
+  job.record = std::move(next);
+  return Ok();
+}
+
+Result<std::size_t> Scheduler::extend(const std::vector<LeaseRef>& leases) {
+  return store_.extend_leases(leases, owner_, clock_.now(), config_.lease);
 }
 
 }  // namespace tw

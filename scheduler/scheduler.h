@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "core/outcome.h"
 #include "core/result.h"
 #include "core/token.h"
 #include "scheduler/clock.h"
@@ -19,25 +20,6 @@
 #include "storage/token_store.h"
 
 namespace tw {
-
-// What an operation on a token came to.
-struct Outcome {
-  Operation op = Operation::kCheck;
-  bool ok = true;
-  Failure failure;  // when !ok
-  // When ok: what the provider told us. New secrets (a renewal, or a check that had to refresh an
-  // expired access token) replace the stored ones; empty fields keep the stored value.
-  std::optional<TokenSecrets> secrets;
-  std::optional<SysTime> expires_at;
-  std::optional<SysTime> refresh_expires_at;
-  std::optional<std::string> scopes;
-
-  static Outcome success(Operation op) { return Outcome{op, true, {}, {}, {}, {}, {}}; }
-  static Outcome failed(Operation op, ErrorClass c, std::string message,
-                        std::optional<Seconds> retry_after = std::nullopt) {
-    return Outcome{op, false, Failure{c, std::move(message), retry_after}, {}, {}, {}, {}};
-  }
-};
 
 // A claimed token and what is due on it. The worker runs the due operations, in the order
 // refresh then check, reporting each with Scheduler::record().
@@ -49,23 +31,31 @@ struct Job {
 
 class Scheduler {
  public:
-  // `owner` names this worker in leases, e.g. "host:pid".
+  // `owner` names this worker in leases, e.g. "host:pid"; it serves the tokens of `providers`.
   Scheduler(TokenStore& store, const Policy& policy, const Clock& clock, SchedulerConfig config,
-            std::string owner);
+            std::string owner, ProviderSet providers = kAllProviders);
 
   const std::string& owner() const { return owner_; }
 
   // When the next job is due (possibly in the past), or nullopt when nothing is scheduled.
   Result<std::optional<SysTime>> next_wake();
-  // Claims up to batch_size jobs due now.
+  // Claims up to batch_size (or `limit`) jobs due now.
   Result<std::vector<Job>> claim_due();
+  Result<std::vector<Job>> claim_due(std::size_t limit);
   // Claims one token now, for a forced operation; both operations are marked due.
   Result<Job> claim(std::string_view id);
 
-  // Applies `outcome` to the job's record through the policy and commits it, with any new secrets,
-  // in one durable write. `last` releases the lease; otherwise the job keeps it for its next
-  // operation. On failure (busy, lease lost) nothing of this outcome is stored.
-  Status record(Job& job, Outcome outcome, bool last);
+  // Applies `outcome` to the job's record through the policy and commits it, with any new secrets
+  // (also on a failed outcome), in one durable write. `last` releases the lease; otherwise the job
+  // keeps it for its next operation. On failure (busy, lease lost) nothing of this outcome is
+  // stored, the job's record is unchanged, and the caller still holds the outcome: on kBusy it
+  // retries while the lease is held, so a rotated secret is never dropped.
+  Status record(Job& job, const Outcome& outcome, bool last);
+  // Puts the job's due operations off until `until` without counting a failure (the provider's
+  // circuit is open, or the provider is not configured), and releases the lease.
+  Status postpone(Job& job, SysTime until);
+  // Extends the leases of jobs still in flight; returns how many are still held.
+  Result<std::size_t> extend(const std::vector<LeaseRef>& leases);
 
  private:
   TokenStore& store_;
@@ -73,6 +63,7 @@ class Scheduler {
   const Clock& clock_;
   SchedulerConfig config_;
   std::string owner_;
+  ProviderSet providers_;
 };
 
 }  // namespace tw

@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/fs.h"
+
 namespace tw {
 
 namespace {
@@ -40,38 +42,6 @@ struct MdCtxFree {
   void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
 };
 using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
-
-// Closes a file descriptor at scope exit unless release()d.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  // Closes now and reports close()'s result (0, or -1 with errno set).
-  int close() { return ::close(std::exchange(fd_, -1)); }
-
- private:
-  int fd_;
-};
-
-std::string errno_text(int err) {
-  return std::system_category().message(err);
-}
-
-std::string hex(std::span<const std::uint8_t> bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (std::uint8_t b : bytes) {
-    out += kDigits[b >> 4];
-    out += kDigits[b & 0x0f];
-  }
-  return out;
-}
 
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -111,12 +81,6 @@ std::string associated_data(std::string_view token_id, std::string_view field,
   aad += static_cast<char>(kVersion);
   aad.append(reinterpret_cast<const char*>(key_id.data()), key_id.size());
   return aad;
-}
-
-std::string octal_mode(mode_t mode) {
-  char buf[8];
-  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
-  return buf;
 }
 
 // Parses a key file's contents; `content` is wiped by the caller.
@@ -201,7 +165,7 @@ Key::~Key() {
 }
 
 std::string Key::id_hex() const {
-  return hex(id_);
+  return to_hex(id_);
 }
 
 // --- KeyRing ------------------------------------------------------------------------------------
@@ -285,7 +249,7 @@ Result<Secret> Cipher::open(std::span<const std::uint8_t> blob, std::string_view
   const Key* key = keys_.find(id);
   if (key == nullptr) {
     return corrupt(token_id, field,
-                   "sealed with unknown key id " + hex(id) +
+                   "sealed with unknown key id " + to_hex(id) +
                        " (is the key that sealed it missing from key.previous_files?)");
   }
 
@@ -347,7 +311,7 @@ bool Cipher::sealed_with_old_key(std::span<const std::uint8_t> blob) const {
 Result<Key> load_key_file(const std::string& path) {
   // O_NONBLOCK: a FIFO put where the key should be must not hang the daemon; it is refused below.
   // Symlinks are followed on purpose (systemd credentials may be links).
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (fd.get() < 0) {
     int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
@@ -363,11 +327,8 @@ Result<Key> load_key_file(const std::string& path) {
   if (!S_ISREG(st.st_mode)) {
     return Error(Errc::kInvalidArgument, "key file " + path + " is not a regular file");
   }
-  if ((st.st_mode & 077) != 0) {
-    return Error(Errc::kPermission, "key file " + path + " has mode " + octal_mode(st.st_mode) +
-                                        ": it must not be readable or writable by group or "
-                                        "others (chmod 600 " +
-                                        path + ")");
+  if (auto st_mode = require_private_mode("key file", path, st.st_mode); !st_mode) {
+    return st_mode.error();
   }
 
   std::array<std::uint8_t, kMaxKeyFileRead> buf{};
@@ -433,7 +394,7 @@ Result<std::string> write_new_key_file(const std::string& path) {
   auto key = Key::generate();
   if (!key) return key.error();
 
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (fd.get() < 0) {
     int err = errno;
     if (err == EEXIST) {
@@ -466,7 +427,7 @@ Result<std::string> write_new_key_file(const std::string& path) {
 
   std::filesystem::path parent = std::filesystem::path(path).parent_path();
   if (parent.empty()) parent = ".";
-  Fd dir(::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd dir(::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir.get() < 0 || ::fsync(dir.get()) != 0) {
     return fail("cannot fsync the directory of", errno);
   }

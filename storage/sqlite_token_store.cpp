@@ -7,7 +7,6 @@
 #include <map>
 #include <span>
 #include <system_error>
-#include <tuple>
 
 #include <SQLiteCpp/Database.h>
 #include <SQLiteCpp/Exception.h>
@@ -16,7 +15,10 @@
 #include <fcntl.h>
 #include <openssl/rand.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include "core/fs.h"
 
 namespace tw {
 
@@ -24,7 +26,7 @@ namespace {
 
 // Forward migrations: entry i takes the schema from version i to i + 1. Never edit a shipped
 // entry; append a new one.
-constexpr std::array<const char*, 1> kMigrations{{
+constexpr std::array<const char*, 2> kMigrations{{
     // 0 -> 1: tokens, with the schedule in two indexed columns.
     R"sql(
 CREATE TABLE tokens (
@@ -63,6 +65,17 @@ CREATE INDEX tokens_refresh_due ON tokens (next_refresh_due) WHERE next_refresh_
 CREATE INDEX tokens_check_due ON tokens (next_check_due) WHERE next_check_due IS NOT NULL;
 CREATE INDEX tokens_workspace ON tokens (workspace_id);
 )sql",
+    // 1 -> 2: a fencing token for leases; due indexes per provider, so a worker that serves
+    // some providers finds their due tokens without stepping over the others'.
+    R"sql(
+ALTER TABLE tokens ADD COLUMN lease_generation INTEGER NOT NULL DEFAULT 0;
+DROP INDEX tokens_refresh_due;
+DROP INDEX tokens_check_due;
+CREATE INDEX tokens_refresh_due ON tokens (provider, next_refresh_due)
+  WHERE next_refresh_due IS NOT NULL;
+CREATE INDEX tokens_check_due ON tokens (provider, next_check_due)
+  WHERE next_check_due IS NOT NULL;
+)sql",
 }};
 
 constexpr const char* kColumns =
@@ -70,24 +83,28 @@ constexpr const char* kColumns =
     "next_refresh_due, next_check_due, state, state_since, consecutive_failures, "
     "last_error_class, last_error_message, last_error_at, last_refreshed_at, last_checked_at, "
     "connected_at, created_at, updated_at, lease_owner, lease_until, "
-    "access_token IS NOT NULL, refresh_token IS NOT NULL, last_error_operation";
+    "access_token IS NOT NULL, refresh_token IS NOT NULL, last_error_operation, "
+    "lease_generation";
 
 constexpr std::string_view kAccessField = "access_token";
 constexpr std::string_view kRefreshField = "refresh_token";
 
-// Earliest due first, through the partial indexes; one query per column, each O(log n + limit).
-constexpr const char* kEarliestRefresh =
-    "SELECT next_refresh_due FROM tokens WHERE next_refresh_due IS NOT NULL "
-    "ORDER BY next_refresh_due LIMIT 1";
-constexpr const char* kEarliestCheck =
-    "SELECT next_check_due FROM tokens WHERE next_check_due IS NOT NULL "
-    "ORDER BY next_check_due LIMIT 1";
-constexpr const char* kDueRefresh =
-    "SELECT id, next_refresh_due FROM tokens WHERE next_refresh_due IS NOT NULL "
-    "AND next_refresh_due <= ?1 ORDER BY next_refresh_due LIMIT ?2";
-constexpr const char* kDueCheck =
-    "SELECT id, next_check_due FROM tokens WHERE next_check_due IS NOT NULL "
-    "AND next_check_due <= ?1 ORDER BY next_check_due LIMIT ?2";
+// The schedule queries: for each provider served and each due column, the earliest rows through
+// the (provider, due) partial index, O(log n + limit) each; then merged. ?1 is now, ?2 the limit.
+std::string due_query(const ProviderSet& providers, bool earliest_only) {
+  std::string sql;
+  for (Provider p : providers) {
+    for (const char* col : {"next_refresh_due", "next_check_due"}) {
+      if (!sql.empty()) sql += " UNION ALL ";
+      sql += std::string("SELECT * FROM (SELECT id, ") + col +
+             " AS due FROM tokens WHERE provider = '" + std::string(to_string(p)) + "' AND " + col +
+             " IS NOT NULL" + (earliest_only ? "" : std::string(" AND ") + col + " <= ?1") +
+             " ORDER BY " + col + (earliest_only ? " LIMIT 1)" : " LIMIT ?2)");
+    }
+  }
+  if (sql.empty()) return "SELECT NULL, NULL WHERE 0";
+  return "SELECT id, due FROM (" + sql + ") ORDER BY due" + (earliest_only ? " LIMIT 1" : "");
+}
 
 std::optional<SysTime> get_time(const SQLite::Column& c) {
   if (c.isNull()) return std::nullopt;
@@ -152,6 +169,7 @@ Result<TokenRecord> read_row(SQLite::Statement& q) {
   r.lease_until = get_time(q.getColumn(22));
   r.has_access_token = q.getColumn(23).getInt() != 0;
   r.has_refresh_token = q.getColumn(24).getInt() != 0;
+  r.lease_generation = q.getColumn(26).getInt64();
   if (std::string op = q.getColumn(25).getString(); !op.empty()) {
     r.last_error_operation = parse_operation(op);
     if (!r.last_error_operation) {
@@ -188,31 +206,48 @@ Result<std::string> new_token_id() {
   if (RAND_bytes(raw.data(), static_cast<int>(raw.size())) != 1) {
     return Error(Errc::kInternal, "cannot generate a token id: RAND_bytes failed");
   }
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "tok_";
-  for (unsigned char b : raw) {
-    id += kHex[b >> 4];
-    id += kHex[b & 0xf];
-  }
-  return id;
+  return "tok_" + to_hex(raw);
 }
 
-// Creates the file with mode 0600 before SQLite sees it, so the database and its -wal and -shm
-// files are never readable by others, whatever the umask.
-Status create_private_file(const std::string& path) {
+// Whether someone (anyone, this worker included) holds an unexpired lease on `r`.
+bool lease_held(const TokenRecord& r, SysTime now) {
+  return !r.lease_owner.empty() && r.lease_until && *r.lease_until > now;
+}
+
+// A token's two secrets, sealed; absent ones are not stored.
+struct SealedPair {
+  std::optional<Blob> access;
+  std::optional<Blob> refresh;
+};
+
+// Makes sure the database file exists (creating it with mode 0600 before SQLite sees it, so the
+// database and its -wal and -shm files are never readable by others, whatever the umask) and that
+// an existing one is private too.
+Status prepare_file(const std::string& path, OpenMode mode) {
   std::filesystem::path p(path);
   std::error_code ec;
   auto dir = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
   if (!std::filesystem::is_directory(dir, ec)) {
     return Error(Errc::kNotFound, "database directory " + dir.string() + " does not exist");
   }
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    return Error(Errc::kIo,
-                 "cannot create database " + path + ": " + std::generic_category().message(errno));
+  const int flags = O_RDONLY | O_CLOEXEC | (mode == OpenMode::kCreate ? O_CREAT : 0);
+  UniqueFd fd(::open(path.c_str(), flags, 0600));
+  if (!fd.valid()) {
+    const int err = errno;
+    if (err == ENOENT) {
+      return Error(Errc::kNotFound, "no database at " + path +
+                                        " (check database.path; `tokenwarden add` creates it)");
+    }
+    return Error(Errc::kIo, "cannot open database " + path + ": " + errno_text(err));
   }
-  ::close(fd);
-  return Ok();
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    return Error(Errc::kIo, "cannot stat database " + path + ": " + errno_text(errno));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return Error(Errc::kInvalidArgument, "database " + path + " is not a regular file");
+  }
+  return require_private_mode("database", path, st.st_mode);
 }
 
 }  // namespace
@@ -223,11 +258,30 @@ struct SqliteTokenStore::Impl {
   std::unique_ptr<SQLite::Database> db;
   Cipher cipher;
 
-  Result<std::optional<Blob>> seal(const Secret& s, const std::string& id, std::string_view field) {
-    if (s.empty()) return std::optional<Blob>();
-    auto blob = cipher.seal(s, id, field);
-    if (!blob) return blob.error();
-    return std::optional<Blob>(std::move(*blob));
+  // Both secrets sealed for token `id`; an empty secret becomes an absent blob.
+  Result<SealedPair> seal(const TokenSecrets& s, const std::string& id) {
+    SealedPair out;
+    const std::pair<const Secret*, std::optional<Blob>*> fields[] = {
+        {&s.access_token, &out.access}, {&s.refresh_token, &out.refresh}};
+    std::string_view name = kAccessField;
+    for (const auto& [secret, slot] : fields) {
+      if (!secret->empty()) {
+        auto blob = cipher.seal(*secret, id, name);
+        if (!blob) return blob.error();
+        *slot = std::move(*blob);
+      }
+      name = kRefreshField;
+    }
+    return out;
+  }
+
+  // Decrypts the blob in column `col` of `q` (absent: an empty Secret).
+  Result<Secret> open(SQLite::Statement& q, int col, const std::string& id,
+                      std::string_view field) {
+    SQLite::Column c = q.getColumn(col);
+    if (c.isNull()) return Secret();
+    const auto* data = static_cast<const std::uint8_t*>(c.getBlob());
+    return cipher.open({data, static_cast<std::size_t>(c.getBytes())}, id, field);
   }
 
   Result<std::optional<TokenRecord>> select_by(const char* where, std::string_view key1,
@@ -241,16 +295,29 @@ struct SqliteTokenStore::Impl {
     return std::optional<TokenRecord>(std::move(*r));
   }
 
-  // Writes every mutable column of `r`; secrets only when given.
-  void write_fields(const TokenRecord& r, const std::optional<Blob>* access,
-                    const std::optional<Blob>* refresh, bool release_lease) {
+  // How write_fields() treats the secret columns.
+  enum class Secrets {
+    kKeep,     // leave both as stored
+    kMerge,    // a given blob replaces the stored one; an absent one keeps it
+    kReplace,  // write exactly what is given (a reconnect)
+  };
+
+  // Writes every mutable column of `r` and, per `mode`, its secrets.
+  void write_fields(const TokenRecord& r, const SealedPair* sealed, Secrets mode,
+                    bool release_lease) {
     std::string sql =
         "UPDATE tokens SET scopes = ?2, expires_at = ?3, refresh_expires_at = ?4, "
         "next_refresh_due = ?5, next_check_due = ?6, state = ?7, state_since = ?8, "
         "consecutive_failures = ?9, last_error_class = ?10, last_error_message = ?11, "
         "last_error_at = ?12, last_refreshed_at = ?13, last_checked_at = ?14, connected_at = ?15, "
-        "updated_at = ?16, last_error_operation = ?19";
-    if (access != nullptr) sql += ", access_token = ?17, refresh_token = ?18";
+        "updated_at = ?16, last_error_operation = ?19, kind = ?20, workspace_id = ?21";
+    if (mode == Secrets::kMerge) {
+      sql +=
+          ", access_token = COALESCE(?17, access_token), "
+          "refresh_token = COALESCE(?18, refresh_token)";
+    } else if (mode == Secrets::kReplace) {
+      sql += ", access_token = ?17, refresh_token = ?18";
+    }
     if (release_lease) sql += ", lease_owner = NULL, lease_until = NULL";
     sql += " WHERE id = ?1";
     SQLite::Statement q(*db, sql);
@@ -271,15 +338,16 @@ struct SqliteTokenStore::Impl {
     q.bind(15, static_cast<int64_t>(to_unix(r.connected_at)));
     q.bind(16, static_cast<int64_t>(to_unix(r.updated_at)));
     q.bind(19, r.last_error_operation ? text_of(to_string(*r.last_error_operation)) : "");
-    if (access != nullptr) {
-      bind_blob(q, 17, *access);
-      bind_blob(q, 18, *refresh);
+    q.bind(20, text_of(to_string(r.kind)));
+    q.bind(21, r.workspace_id);
+    if (mode != Secrets::kKeep) {
+      bind_blob(q, 17, sealed->access);
+      bind_blob(q, 18, sealed->refresh);
     }
     q.exec();
   }
 
-  void insert(const TokenRecord& r, const std::optional<Blob>& access,
-              const std::optional<Blob>& refresh) {
+  void insert(const TokenRecord& r, const SealedPair& sealed) {
     SQLite::Statement q(*db,
                         "INSERT INTO tokens (id, provider, kind, workspace_id, account_id, "
                         "state, state_since, connected_at, created_at, updated_at) "
@@ -295,17 +363,24 @@ struct SqliteTokenStore::Impl {
     q.bind(9, static_cast<int64_t>(to_unix(r.created_at)));
     q.bind(10, static_cast<int64_t>(to_unix(r.updated_at)));
     q.exec();
-    write_fields(r, &access, &refresh, true);
+    write_fields(r, &sealed, Secrets::kReplace, true);
   }
 
-  // Sets the lease and moves the due times that were reached to the lease expiry.
-  void take_lease(const std::string& id, SysTime now, std::string_view owner, SysTime until) {
-    SQLite::Statement q(*db, "UPDATE tokens SET lease_owner = ?2, lease_until = ?3 WHERE id = ?1");
-    q.bind(1, id);
+  // Leases `r` to `owner` until `until` under the next generation (updating `r` to match), and
+  // moves its due times that were reached to the lease expiry: should the owner die, the token
+  // comes due again by itself.
+  void take_lease(TokenRecord& r, SysTime now, std::string_view owner, SysTime until) {
+    SQLite::Statement q(*db,
+                        "UPDATE tokens SET lease_owner = ?2, lease_until = ?3, "
+                        "lease_generation = lease_generation + 1 WHERE id = ?1");
+    q.bind(1, r.id);
     q.bind(2, text_of(owner));
     q.bind(3, static_cast<int64_t>(to_unix(until)));
     q.exec();
-    defer(id, now, until);
+    defer(r.id, now, until);
+    r.lease_owner = std::string(owner);
+    r.lease_until = until;
+    r.lease_generation += 1;
   }
 
   // Moves the due times that were reached by `now` to `until`.
@@ -348,16 +423,21 @@ int SqliteTokenStore::latest_schema_version() {
   return static_cast<int>(kMigrations.size());
 }
 
+std::string_view SqliteTokenStore::migration_sql(int from_version) {
+  if (from_version < 0 || from_version >= latest_schema_version()) die("no such migration");
+  return kMigrations[static_cast<std::size_t>(from_version)];
+}
+
 SqliteTokenStore::SqliteTokenStore(std::unique_ptr<SQLite::Database> db, Cipher cipher)
     : impl_(std::make_unique<Impl>(std::move(db), std::move(cipher))) {}
 
 SqliteTokenStore::~SqliteTokenStore() = default;
 
 Result<std::unique_ptr<SqliteTokenStore>> SqliteTokenStore::open(const std::string& path,
-                                                                 Millis busy_timeout,
-                                                                 Cipher cipher) {
+                                                                 Millis busy_timeout, Cipher cipher,
+                                                                 OpenMode mode) {
   if (path != ":memory:") {
-    if (auto st = create_private_file(path); !st) return st.error();
+    if (auto st = prepare_file(path, mode); !st) return st.error();
   }
   return guarded("opening database " + path, [&]() -> Result<std::unique_ptr<SqliteTokenStore>> {
     auto db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE,
@@ -387,17 +467,21 @@ Result<UpsertResult> SqliteTokenStore::upsert(const NewToken& token, const Token
     UpsertResult out;
     TokenRecord& r = out.record;
     out.created = !existing->has_value();
+    r.state = TokenState::kActive;
     if (out.created) {
       auto id = new_token_id();
       if (!id) return id.error();
       r.id = std::move(*id);
       r.created_at = now;
     } else {
-      // A reconnect: the same row, fresh secrets, a clean slate. Dropping the lease makes a
-      // worker that is mid-refresh with the old secrets fail its save instead of overwriting.
-      r.id = (*existing)->id;
-      r.created_at = (*existing)->created_at;
-      r.last_checked_at = (*existing)->last_checked_at;
+      // A reconnect: the same row, fresh secrets, a clean slate; an operator's `disable` stands.
+      // The generation bump below fences out a worker that is mid-refresh with the old secrets.
+      const TokenRecord& old = **existing;
+      r.id = old.id;
+      r.created_at = old.created_at;
+      r.last_checked_at = old.last_checked_at;
+      r.lease_generation = old.lease_generation + 1;
+      if (old.state == TokenState::kDisabled) r.state = TokenState::kDisabled;
     }
     r.provider = token.provider;
     r.kind = token.kind;
@@ -406,7 +490,6 @@ Result<UpsertResult> SqliteTokenStore::upsert(const NewToken& token, const Token
     r.scopes = token.scopes;
     r.expires_at = token.expires_at;
     r.refresh_expires_at = token.refresh_expires_at;
-    r.state = TokenState::kActive;
     r.state_since = now;
     r.connected_at = now;
     r.updated_at = now;
@@ -414,14 +497,16 @@ Result<UpsertResult> SqliteTokenStore::upsert(const NewToken& token, const Token
     r.has_refresh_token = !secrets.refresh_token.empty();
     schedule(r);
 
-    auto access = impl_->seal(secrets.access_token, r.id, kAccessField);
-    if (!access) return access.error();
-    auto refresh = impl_->seal(secrets.refresh_token, r.id, kRefreshField);
-    if (!refresh) return refresh.error();
+    auto sealed = impl_->seal(secrets, r.id);
+    if (!sealed) return sealed.error();
     if (out.created) {
-      impl_->insert(r, *access, *refresh);
+      impl_->insert(r, *sealed);
     } else {
-      impl_->write_fields(r, &*access, &*refresh, true);
+      impl_->write_fields(r, &*sealed, Impl::Secrets::kReplace, true);
+      SQLite::Statement fence(*impl_->db, "UPDATE tokens SET lease_generation = ?2 WHERE id = ?1");
+      fence.bind(1, r.id);
+      fence.bind(2, static_cast<int64_t>(r.lease_generation));
+      fence.exec();
     }
     tx.commit();
     return out;
@@ -482,79 +567,57 @@ Result<TokenSecrets> SqliteTokenStore::read_secrets(const TokenRecord& record) {
     SQLite::Statement q(*impl_->db, "SELECT access_token, refresh_token FROM tokens WHERE id = ?1");
     q.bind(1, record.id);
     if (!q.executeStep()) return Error(Errc::kNotFound, "token " + record.id + " does not exist");
-    TokenSecrets out;
-    const std::pair<int, std::string_view> fields[] = {{0, kAccessField}, {1, kRefreshField}};
-    for (const auto& [col, field] : fields) {
-      SQLite::Column c = q.getColumn(col);
-      if (c.isNull()) continue;
-      const auto* data = static_cast<const std::uint8_t*>(c.getBlob());
-      auto secret =
-          impl_->cipher.open({data, static_cast<std::size_t>(c.getBytes())}, record.id, field);
-      if (!secret) return secret.error();
-      (col == 0 ? out.access_token : out.refresh_token) = std::move(*secret);
-    }
-    return out;
+    auto access = impl_->open(q, 0, record.id, kAccessField);
+    if (!access) return access.error();
+    auto refresh = impl_->open(q, 1, record.id, kRefreshField);
+    if (!refresh) return refresh.error();
+    return TokenSecrets{std::move(*access), std::move(*refresh)};
   });
 }
 
-Result<std::optional<SysTime>> SqliteTokenStore::earliest_due() {
+Result<std::optional<SysTime>> SqliteTokenStore::earliest_due(const ProviderSet& providers) {
   return guarded("finding the next due token", [&]() -> Result<std::optional<SysTime>> {
-    std::optional<SysTime> best;
-    for (const char* sql : {kEarliestRefresh, kEarliestCheck}) {
-      SQLite::Statement q(*impl_->db, sql);
-      if (q.executeStep()) {
-        SysTime t = from_unix(q.getColumn(0).getInt64());
-        if (!best || t < *best) best = t;
-      }
-    }
-    return best;
+    SQLite::Statement q(*impl_->db, due_query(providers, /*earliest_only=*/true));
+    if (!q.executeStep() || q.getColumn(1).isNull()) return std::optional<SysTime>();
+    return std::optional<SysTime>(from_unix(q.getColumn(1).getInt64()));
   });
 }
 
 Result<std::vector<DueToken>> SqliteTokenStore::claim_due(SysTime now, std::size_t limit,
-                                                          std::string_view owner, Seconds lease) {
+                                                          std::string_view owner, Seconds lease,
+                                                          const ProviderSet& providers) {
   return guarded("claiming due tokens", [&]() -> Result<std::vector<DueToken>> {
     SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
-    // Up to `limit` from each index, merged by due time.
-    std::map<std::string, SysTime> earliest;
-    for (const char* sql : {kDueRefresh, kDueCheck}) {
-      SQLite::Statement q(*impl_->db, sql);
+    // Up to `limit` rows from each index, merged by due time; a token due on both columns
+    // appears twice and is claimed once.
+    std::vector<std::string> ids;
+    {
+      SQLite::Statement q(*impl_->db, due_query(providers, /*earliest_only=*/false));
       q.bind(1, static_cast<int64_t>(to_unix(now)));
       q.bind(2, static_cast<int64_t>(limit));
-      while (q.executeStep()) {
-        SysTime due = from_unix(q.getColumn(1).getInt64());
-        auto [it, inserted] = earliest.emplace(q.getColumn(0).getString(), due);
-        if (!inserted) it->second = std::min(it->second, due);
+      while (q.executeStep() && ids.size() < limit) {
+        std::string id = q.getColumn(0).getString();
+        if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(std::move(id));
       }
     }
-    std::vector<std::pair<SysTime, std::string>> order;
-    order.reserve(earliest.size());
-    for (auto& [id, due] : earliest)
-      order.emplace_back(due, id);
-    std::sort(order.begin(), order.end());
-    if (order.size() > limit) order.resize(limit);
-
     std::vector<DueToken> out;
-    out.reserve(order.size());
-    SysTime until = now + lease;
-    for (const auto& [due, id] : order) {
+    out.reserve(ids.size());
+    const SysTime until = now + lease;
+    for (const std::string& id : ids) {
       auto row = impl_->select_by("id = ?1", id);
       if (!row) return row.error();
       if (!*row) continue;
       DueToken d;
       d.record = std::move(**row);
-      const TokenRecord& r = d.record;
-      if (!r.lease_owner.empty() && r.lease_owner != owner && r.lease_until &&
-          *r.lease_until > now) {
-        // Held by another worker (a forced refresh from the CLI): due again when its lease ends.
-        impl_->defer(id, now, *r.lease_until);
+      if (lease_held(d.record, now)) {
+        // Still being worked on (a forced refresh from the CLI, or a request whose lease was
+        // extended): due again when that lease ends, and never claimed twice meanwhile.
+        impl_->defer(id, now, *d.record.lease_until);
         continue;
       }
       d.refresh_due = d.record.next_refresh_due && *d.record.next_refresh_due <= now;
       d.check_due = d.record.next_check_due && *d.record.next_check_due <= now;
-      impl_->take_lease(id, now, owner, until);
-      d.record.lease_owner = std::string(owner);
-      d.record.lease_until = until;
+      impl_->take_lease(d.record, now, owner, until);
       out.push_back(std::move(d));
     }
     tx.commit();
@@ -570,48 +633,70 @@ Result<TokenRecord> SqliteTokenStore::claim(std::string_view id, SysTime now,
     if (!row) return row.error();
     if (!*row) return Error(Errc::kNotFound, "no token " + std::string(id));
     TokenRecord r = std::move(**row);
-    if (!r.lease_owner.empty() && r.lease_owner != owner && r.lease_until && *r.lease_until > now) {
+    if (lease_held(r, now)) {
       return Error(Errc::kLeaseLost, "token " + r.id + " is being worked on by " + r.lease_owner +
                                          " until " + format_time(*r.lease_until));
     }
-    SQLite::Statement q(*impl_->db,
-                        "UPDATE tokens SET lease_owner = ?2, lease_until = ?3 WHERE id = ?1");
-    q.bind(1, r.id);
-    q.bind(2, text_of(owner));
-    q.bind(3, static_cast<int64_t>(to_unix(now + lease)));
-    q.exec();
+    impl_->take_lease(r, now, owner, now + lease);
     tx.commit();
-    r.lease_owner = std::string(owner);
-    r.lease_until = now + lease;
     return r;
+  });
+}
+
+Result<std::size_t> SqliteTokenStore::extend_leases(const std::vector<LeaseRef>& leases,
+                                                    std::string_view owner, SysTime now,
+                                                    Seconds lease) {
+  return guarded("extending leases", [&]() -> Result<std::size_t> {
+    SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
+    const SysTime until = now + lease;
+    SQLite::Statement q(*impl_->db,
+                        "UPDATE tokens SET lease_until = ?4 WHERE id = ?1 AND lease_owner = ?2 "
+                        "AND lease_generation = ?3");
+    std::size_t extended = 0;
+    for (const LeaseRef& l : leases) {
+      q.bind(1, l.id);
+      q.bind(2, text_of(owner));
+      q.bind(3, static_cast<int64_t>(l.generation));
+      q.bind(4, static_cast<int64_t>(to_unix(until)));
+      if (q.exec() == 1) {
+        ++extended;
+        impl_->defer(l.id, until, until);
+      }
+      q.reset();
+    }
+    tx.commit();
+    return extended;
   });
 }
 
 Status SqliteTokenStore::save(const TokenRecord& record, const TokenSecrets* new_secrets,
                               std::string_view owner, LeaseAction lease) {
   // Seal before taking the write lock: the lock is held only for the write itself.
-  std::optional<Blob> access, refresh;
+  SealedPair sealed;
   if (new_secrets != nullptr) {
-    auto a = impl_->seal(new_secrets->access_token, record.id, kAccessField);
-    if (!a) return a.error();
-    auto r = impl_->seal(new_secrets->refresh_token, record.id, kRefreshField);
-    if (!r) return r.error();
-    access = std::move(*a);
-    refresh = std::move(*r);
+    auto s = impl_->seal(*new_secrets, record.id);
+    if (!s) return s.error();
+    sealed = std::move(*s);
   }
   return guarded("saving token " + record.id, [&]() -> Status {
     SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
-    SQLite::Statement q(*impl_->db, "SELECT lease_owner FROM tokens WHERE id = ?1");
+    SQLite::Statement q(*impl_->db,
+                        "SELECT lease_owner, lease_generation FROM tokens WHERE id = ?1");
     q.bind(1, record.id);
     if (!q.executeStep()) return Error(Errc::kNotFound, "token " + record.id + " was removed");
     std::string holder = q.getColumn(0).isNull() ? "" : q.getColumn(0).getString();
-    if (holder != owner) {
-      return Error(
-          Errc::kLeaseLost,
-          "token " + record.id + " is no longer leased by " + std::string(owner) +
-              (holder.empty() ? " (it was reconnected or released)" : " (now " + holder + ")"));
+    const std::int64_t generation = q.getColumn(1).getInt64();
+    if (holder != owner || generation != record.lease_generation) {
+      return Error(Errc::kLeaseLost, "token " + record.id + " is no longer leased by " +
+                                         std::string(owner) + " with generation " +
+                                         std::to_string(record.lease_generation) +
+                                         (holder.empty() ? " (it was reconnected or released)"
+                                                         : " (now " + holder + ", generation " +
+                                                               std::to_string(generation) + ")") +
+                                         ": this result is stale and was not stored");
     }
-    impl_->write_fields(record, new_secrets ? &access : nullptr, new_secrets ? &refresh : nullptr,
+    impl_->write_fields(record, &sealed,
+                        new_secrets != nullptr ? Impl::Secrets::kMerge : Impl::Secrets::kKeep,
                         lease == LeaseAction::kRelease);
     tx.commit();
     return Ok();
@@ -632,36 +717,34 @@ Result<std::size_t> SqliteTokenStore::rekey() {
       q.bind(1, after);
       q.bind(2, kBatch);
       int seen = 0;
-      std::vector<std::tuple<std::string, std::optional<Blob>, std::optional<Blob>>> updates;
+      std::vector<std::pair<std::string, SealedPair>> updates;
       while (q.executeStep()) {
         ++seen;
         after = q.getColumn(0).getString();
         bool stale = false;
-        std::array<std::optional<Blob>, 2> blobs;
-        const std::string_view fields[] = {kAccessField, kRefreshField};
         for (int col = 1; col <= 2; ++col) {
           SQLite::Column c = q.getColumn(col);
-          if (c.isNull()) continue;
           const auto* data = static_cast<const std::uint8_t*>(c.getBlob());
-          std::span<const std::uint8_t> blob{data, static_cast<std::size_t>(c.getBytes())};
-          auto& slot = blobs[static_cast<std::size_t>(col - 1)];
-          slot = Blob(blob.begin(), blob.end());
-          if (!impl_->cipher.sealed_with_old_key(blob)) continue;
-          auto secret = impl_->cipher.open(blob, after, fields[col - 1]);
-          if (!secret) return secret.error();
-          auto sealed = impl_->cipher.seal(*secret, after, fields[col - 1]);
-          if (!sealed) return sealed.error();
-          slot = std::move(*sealed);
-          stale = true;
+          if (!c.isNull() &&
+              impl_->cipher.sealed_with_old_key({data, static_cast<std::size_t>(c.getBytes())})) {
+            stale = true;
+          }
         }
-        if (stale) updates.emplace_back(after, std::move(blobs[0]), std::move(blobs[1]));
+        if (!stale) continue;
+        auto access = impl_->open(q, 1, after, kAccessField);
+        if (!access) return access.error();
+        auto refresh = impl_->open(q, 2, after, kRefreshField);
+        if (!refresh) return refresh.error();
+        auto sealed = impl_->seal(TokenSecrets{std::move(*access), std::move(*refresh)}, after);
+        if (!sealed) return sealed.error();
+        updates.emplace_back(after, std::move(*sealed));
       }
-      for (auto& [id, access, refresh] : updates) {
+      for (auto& [id, sealed] : updates) {
         SQLite::Statement u(
             *impl_->db, "UPDATE tokens SET access_token = ?2, refresh_token = ?3 WHERE id = ?1");
         u.bind(1, id);
-        bind_blob(u, 2, access);
-        bind_blob(u, 3, refresh);
+        bind_blob(u, 2, sealed.access);
+        bind_blob(u, 3, sealed.refresh);
         u.exec();
         ++rewritten;
       }
@@ -672,6 +755,20 @@ Result<std::size_t> SqliteTokenStore::rekey() {
   });
 }
 
+Result<std::size_t> SqliteTokenStore::count_sealed_with_old_keys() {
+  return guarded("counting secrets under old keys", [&]() -> Result<std::size_t> {
+    // Envelope bytes 2..9 (1-based) are the key id.
+    SQLite::Statement q(*impl_->db,
+                        "SELECT COUNT(*) FROM tokens WHERE "
+                        "(access_token IS NOT NULL AND substr(access_token, 2, 8) != ?1) OR "
+                        "(refresh_token IS NOT NULL AND substr(refresh_token, 2, 8) != ?1)");
+    const KeyId& id = impl_->cipher.keys().current().id();
+    q.bind(1, id.data(), static_cast<int>(id.size()));
+    q.executeStep();
+    return static_cast<std::size_t>(q.getColumn(0).getInt64());
+  });
+}
+
 Result<int> SqliteTokenStore::schema_version() {
   return guarded("reading schema version", [&] { return impl_->user_version(); });
 }
@@ -679,11 +776,9 @@ Result<int> SqliteTokenStore::schema_version() {
 Result<std::string> SqliteTokenStore::explain_schedule_queries() {
   return guarded("explaining queries", [&]() -> Result<std::string> {
     std::string out;
-    const std::pair<const char*, bool> queries[] = {
-        {kEarliestRefresh, false}, {kEarliestCheck, false}, {kDueRefresh, true}, {kDueCheck, true}};
-    for (const auto& [sql, has_params] : queries) {
-      SQLite::Statement q(*impl_->db, std::string("EXPLAIN QUERY PLAN ") + sql);
-      if (has_params) {
+    for (bool earliest : {true, false}) {
+      SQLite::Statement q(*impl_->db, "EXPLAIN QUERY PLAN " + due_query(kAllProviders, earliest));
+      if (!earliest) {
         q.bind(1, static_cast<int64_t>(0));
         q.bind(2, static_cast<int64_t>(1));
       }
@@ -696,12 +791,14 @@ Result<std::string> SqliteTokenStore::explain_schedule_queries() {
   });
 }
 
-Result<std::unique_ptr<SqliteTokenStore>> open_token_store(
-    const DatabaseConfig& database, const KeyConfig& key,
-    const std::string& credentials_directory) {
+Result<std::unique_ptr<SqliteTokenStore>> open_token_store(const DatabaseConfig& database,
+                                                           const KeyConfig& key,
+                                                           const std::string& credentials_directory,
+                                                           OpenMode mode) {
   auto keys = load_key_ring(key.file, key.previous_files, credentials_directory);
   if (!keys) return keys.error();
-  return SqliteTokenStore::open(database.path, database.busy_timeout, Cipher(std::move(*keys)));
+  return SqliteTokenStore::open(database.path, database.busy_timeout, Cipher(std::move(*keys)),
+                                mode);
 }
 
 }  // namespace tw

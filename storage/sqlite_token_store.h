@@ -11,6 +11,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "config/config.h"
 #include "core/result.h"
@@ -24,16 +25,26 @@ class Database;
 
 namespace tw {
 
+// Whether open() may create the database file.
+enum class OpenMode {
+  kCreate,    // create it if missing (adding tokens, the daemon)
+  kExisting,  // fail when missing (commands that only read or change existing tokens)
+};
+
 class SqliteTokenStore final : public TokenStore {
  public:
   // The schema version this build writes.
   static int latest_schema_version();
+  // The SQL that migrates a database from `from_version` to the next (for migration tests).
+  static std::string_view migration_sql(int from_version);
 
-  // Opens (creating it if need be) and migrates the database at `path`. Fails with a message
-  // naming the path when the directory is missing, the file is not a database, or its schema is
-  // newer than this build's.
+  // Opens and migrates the database at `path`, creating it (mode 0600) when `mode` allows. Fails
+  // with a message naming the path when the directory or (kExisting) the file is missing, the
+  // file is readable by group or others, is not a database, or its schema is newer than this
+  // build's.
   static Result<std::unique_ptr<SqliteTokenStore>> open(const std::string& path,
-                                                        Millis busy_timeout, Cipher cipher);
+                                                        Millis busy_timeout, Cipher cipher,
+                                                        OpenMode mode = OpenMode::kCreate);
   ~SqliteTokenStore() override;
 
   Result<UpsertResult> upsert(const NewToken& token, const TokenSecrets& secrets, SysTime now,
@@ -43,14 +54,17 @@ class SqliteTokenStore final : public TokenStore {
   Result<bool> remove(std::string_view id) override;
   Result<std::vector<StateCounts>> count_by_state() override;
   Result<TokenSecrets> read_secrets(const TokenRecord& record) override;
-  Result<std::optional<SysTime>> earliest_due() override;
+  Result<std::optional<SysTime>> earliest_due(const ProviderSet& providers) override;
   Result<std::vector<DueToken>> claim_due(SysTime now, std::size_t limit, std::string_view owner,
-                                          Seconds lease) override;
+                                          Seconds lease, const ProviderSet& providers) override;
   Result<TokenRecord> claim(std::string_view id, SysTime now, std::string_view owner,
                             Seconds lease) override;
+  Result<std::size_t> extend_leases(const std::vector<LeaseRef>& leases, std::string_view owner,
+                                    SysTime now, Seconds lease) override;
   Status save(const TokenRecord& record, const TokenSecrets* new_secrets, std::string_view owner,
               LeaseAction lease) override;
   Result<std::size_t> rekey() override;
+  Result<std::size_t> count_sealed_with_old_keys() override;
 
   // The schema version of the open database (for tests and `tokenwarden show --db`).
   Result<int> schema_version();
@@ -66,7 +80,9 @@ class SqliteTokenStore final : public TokenStore {
 
 // The store as configured: loads the key ring (see load_key_ring; `credentials_directory` is
 // $CREDENTIALS_DIRECTORY or empty) and opens the database.
-Result<std::unique_ptr<SqliteTokenStore>> open_token_store(
-    const DatabaseConfig& database, const KeyConfig& key, const std::string& credentials_directory);
+Result<std::unique_ptr<SqliteTokenStore>> open_token_store(const DatabaseConfig& database,
+                                                           const KeyConfig& key,
+                                                           const std::string& credentials_directory,
+                                                           OpenMode mode);
 
 }  // namespace tw

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
@@ -64,6 +65,16 @@ struct StateCounts {
   std::size_t count;
 };
 
+// Which providers a worker serves.
+using ProviderSet = std::vector<Provider>;
+inline const ProviderSet kAllProviders{Provider::kMeta, Provider::kGoogle, Provider::kTikTok};
+
+// A lease as its holder knows it.
+struct LeaseRef {
+  std::string id;
+  std::int64_t generation = 0;
+};
+
 // Whether save() ends the lease or keeps it for a further operation on the same token.
 enum class LeaseAction { kKeep, kRelease };
 
@@ -75,7 +86,8 @@ class TokenStore {
   virtual ~TokenStore() = default;
 
   // Adds a token, or reconnects the existing token with the same (provider, account_id): its
-  // secrets and metadata are replaced, its failure state cleared and its state set to active.
+  // secrets, kind, workspace and expiry are replaced, its failure state cleared and its state set
+  // to active (a disabled token stays disabled), and any lease on it is fenced out.
   // `schedule` sees the complete record (id assigned) and sets its due times; all of it is
   // committed in one transaction. A secret that is empty is stored as absent.
   virtual Result<UpsertResult> upsert(const NewToken& token, const TokenSecrets& secrets,
@@ -93,31 +105,44 @@ class TokenStore {
   // Decrypts the token's secrets. Errc::kCorrupt names the token when one does not decrypt.
   virtual Result<TokenSecrets> read_secrets(const TokenRecord& record) = 0;
 
-  // The earliest next_refresh_due or next_check_due over all tokens, or nullopt when nothing is
-  // scheduled. Claimed tokens count at their lease expiry.
-  virtual Result<std::optional<SysTime>> earliest_due() = 0;
+  // The earliest next_refresh_due or next_check_due over the tokens of `providers`, or nullopt
+  // when nothing is scheduled. Claimed tokens count at their lease expiry.
+  virtual Result<std::optional<SysTime>> earliest_due(const ProviderSet& providers) = 0;
 
-  // Claims up to `limit` tokens whose refresh or check is due at `now`, earliest first, for
-  // `owner` until now + lease. A claimed token's due times that were reached move to the lease
-  // expiry, so no other worker sees it due, and it comes due again by itself if the owner dies.
+  // Claims up to `limit` tokens of `providers` whose refresh or check is due at `now`, earliest
+  // first, for `owner` until now + lease, each under a new lease generation. A claimed token's due
+  // times that were reached move to the lease expiry, so no other worker sees it due, and it comes
+  // due again by itself if the owner dies. A token under anyone's unexpired lease is not claimed;
+  // its due times move to that lease's expiry.
   virtual Result<std::vector<DueToken>> claim_due(SysTime now, std::size_t limit,
-                                                  std::string_view owner, Seconds lease) = 0;
+                                                  std::string_view owner, Seconds lease,
+                                                  const ProviderSet& providers) = 0;
 
   // Claims one token for `owner` whatever its due times (a forced refresh or check from the CLI).
-  // Fails with Errc::kLeaseLost while another owner holds an unexpired lease.
+  // Fails with Errc::kLeaseLost while anyone holds an unexpired lease on it. Every claim
+  // increments the token's lease generation (its fencing token).
   virtual Result<TokenRecord> claim(std::string_view id, SysTime now, std::string_view owner,
                                     Seconds lease) = 0;
 
-  // Writes the record's scopes, expiry, state, schedule, error and timestamp fields, and, when
-  // `new_secrets` is given, its secrets (empty ones become absent); then releases the lease or
-  // keeps it: one durable transaction. Fails with Errc::kLeaseLost, writing nothing, unless
-  // `owner` holds the lease (a reconnect by `add` takes it away).
+  // Extends the leases `owner` still holds at these generations to now + lease, so a slow
+  // provider never lets a second worker in; returns how many were extended (the others were lost).
+  virtual Result<std::size_t> extend_leases(const std::vector<LeaseRef>& leases,
+                                            std::string_view owner, SysTime now, Seconds lease) = 0;
+
+  // Writes the record's kind, workspace, scopes, expiry, state, schedule, error and timestamp
+  // fields, and, when `new_secrets` is given, its non-empty secrets (an empty one never overwrites
+  // a stored secret); then releases the lease or keeps it: one durable transaction. Fails with
+  // Errc::kLeaseLost, writing nothing, unless `owner` holds the lease at record.lease_generation (a
+  // newer claim or a reconnect by `add` fences it out).
   virtual Status save(const TokenRecord& record, const TokenSecrets* new_secrets,
                       std::string_view owner, LeaseAction lease) = 0;
 
   // Re-encrypts every secret sealed with an old key using the current key; returns how many
   // tokens were rewritten. Stops at the first secret that does not decrypt.
   virtual Result<std::size_t> rekey() = 0;
+  // Tokens with a secret still sealed with a key other than the current one: 0 means an old key
+  // can be retired.
+  virtual Result<std::size_t> count_sealed_with_old_keys() = 0;
 };
 
 }  // namespace tw

@@ -1,4 +1,6 @@
 // Black-box tests: the real `tokenwarden` binary with a temporary config, key and database.
+#include <filesystem>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
@@ -192,6 +194,7 @@ TEST_F(Cli, DisableAndEnableAToken) {
 
 TEST_F(Cli, BadInputIsOneLineExitTwoAndChangesNothing) {
   ASSERT_EQ(add("keep", "act.a\nrft.b\n").exit_code, 0);
+  const std::string before = run({"list", "--json"}).out;
   struct Case {
     std::vector<std::string> args;
     std::string input;
@@ -199,7 +202,8 @@ TEST_F(Cli, BadInputIsOneLineExitTwoAndChangesNothing) {
   };
   const std::string big(70'000, 'a');
   const std::vector<Case> cases{
-      {{"add", "--provider", "myspace", "--kind", "api_key", "--workspace", "w", "--account", "a"},
+      {{"add", "--provider", "myspace", "--kind", "api_key", "--workspace", "w", "--account",
+        "keep"},
        "k\n",
        "unknown provider"},
       {{"add", "--provider", "google", "--kind", "page_token", "--workspace", "w", "--account",
@@ -215,7 +219,7 @@ TEST_F(Cli, BadInputIsOneLineExitTwoAndChangesNothing) {
        "act.only\n",
        "needs its refresh token"},
       {{"add", "--provider", "tiktok", "--kind", "business_token", "--workspace", "w", "--account",
-        "a", "--expires-at", "next tuesday"},
+        "keep", "--expires-at", "next tuesday"},
        "act\nrft\n",
        "--expires-at"},
       {{"add", "--provider", "tiktok", "--kind", "business_token", "--workspace", "w", "--account",
@@ -247,7 +251,7 @@ TEST_F(Cli, BadInputIsOneLineExitTwoAndChangesNothing) {
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
     EXPECT_EQ(r.err.find("rft"), std::string::npos) << "never echo the input";
   }
-  EXPECT_EQ(token_count(), 1u);
+  EXPECT_EQ(run({"list", "--json"}).out, before) << "the existing token is untouched";
 }
 
 TEST_F(Cli, ConfigAndKeyProblemsAreNamed) {
@@ -261,10 +265,22 @@ TEST_F(Cli, ConfigAndKeyProblemsAreNamed) {
   EXPECT_NE(bad.err.find("bad.yaml:3"), std::string::npos) << bad.err;
   EXPECT_NE(bad.err.find("busy_timout"), std::string::npos) << bad.err;
 
+  // Read-only commands never create a database; a missing one is an operational failure.
+  Outcome no_db = run({"list"});
+  EXPECT_EQ(no_db.exit_code, 1) << no_db.err;
+  EXPECT_NE(no_db.err.find("no database at " + db_path()), std::string::npos) << no_db.err;
+  EXPECT_FALSE(std::filesystem::exists(db_path()));
+  ASSERT_EQ(add("a1", "act.1\nrft.1\n").exit_code, 0);
+
   chmod(key_path().c_str(), 0644);
   Outcome loose = run({"list"});
   EXPECT_EQ(loose.exit_code, 1);
   EXPECT_NE(loose.err.find("0644"), std::string::npos) << loose.err;
+
+  std::filesystem::remove(key_path());
+  Outcome no_key = run({"show", "tok_0000000000000000"});
+  EXPECT_EQ(no_key.exit_code, 1) << "a missing key file is not a missing token";
+  EXPECT_NE(no_key.err.find("does not exist"), std::string::npos) << no_key.err;
 }
 
 TEST_F(Cli, RekeyAfterRotatingTheKeyFile) {
@@ -278,6 +294,7 @@ TEST_F(Cli, RekeyAfterRotatingTheKeyFile) {
   Outcome r = run({"rekey"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("re-encrypted 2 token(s)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("can be retired"), std::string::npos) << r.out;
   EXPECT_NE(run({"rekey"}).out.find("re-encrypted 0 token(s)"), std::string::npos);
 }
 

@@ -390,7 +390,7 @@ TEST(ConfigParse, AcceptsEveryLogLevelAndFormat) {
 
 TEST(ConfigParse, AcceptsBoundaryValues) {
   Config c = parse_ok(
-      "http: {max_in_flight: 100000, max_response_bytes: 1073741824}\n"
+      "http: {max_in_flight: 100000, max_response_bytes: 1073741824, total_timeout: 500ms}\n"
       "retry: {jitter: 1, malformed_cap: 1}\n"
       "scheduler: {batch_size: 1, lease: 1s}\n");
   EXPECT_EQ(c.http.max_in_flight, 100000);
@@ -401,6 +401,19 @@ TEST(ConfigParse, AcceptsBoundaryValues) {
   EXPECT_EQ(c.scheduler.lease, 1s);
   EXPECT_DOUBLE_EQ(parse_ok("retry: {jitter: 0.35}").retry.jitter, 0.35);
   EXPECT_EQ(parse_ok("database: {busy_timeout: 1ms}").database.busy_timeout, 1ms);
+  EXPECT_EQ(parse_ok("database: {busy_timeout: 1h}").database.busy_timeout, 1h);
+}
+
+TEST(ConfigErrors, CrossFieldLimits) {
+  expect_errors({
+      {"database:\n  busy_timeout: 2h\n", "test.yaml:2: database.busy_timeout: must be at most 1h"},
+      {"http: {total_timeout: 10m}\n",
+       "test.yaml:1: scheduler: lease (5m) must be longer than http.total_timeout (10m): a lease "
+       "that ends mid-request would let a second worker in"},
+      {"http: {total_timeout: 10m}\nscheduler: {lease: 10m}\n",
+       "test.yaml:2: scheduler: lease (10m) must be longer than http.total_timeout (10m): a lease "
+       "that ends mid-request would let a second worker in"},
+  });
 }
 
 TEST(ConfigParse, ParseConfigNamesTheSource) {

@@ -239,5 +239,48 @@ TEST_F(PolicyTest, ACheckDoesNotClearAFailingRenewalButARenewalClearsEverything)
   EXPECT_EQ(r.consecutive_failures, 0);
 }
 
+TEST_F(PolicyTest, ARenewalThatDoesNotExtendTheExpiryDoesNotLoop) {
+  // A Page token whose user token has a fixed expiry five days out: re-deriving does not move it.
+  TokenRecord r = token(Provider::kMeta, TokenKind::kPageToken);
+  r.refresh_expires_at = kNow + days(5);
+  r.expires_at = kNow + days(5);
+  policy_.schedule_new(r, kNow);
+  EXPECT_EQ(r.next_refresh_due, kNow + days(2)) << "3 days before the expiry";
+  SysTime now = kNow + days(2);
+  policy_.on_refresh_success(r, now);  // the provider sent the same expiry back
+  EXPECT_EQ(r.next_refresh_due, now + 1h) << "one check period later, not at once";
+  // From then on each renewal comes at two thirds of what is left: a handful, never a loop.
+  int renewals = 1;
+  while (*r.next_refresh_due < *r.expires_at) {
+    ASSERT_GT(*r.next_refresh_due, now);
+    now = *r.next_refresh_due;
+    policy_.on_refresh_success(r, now);
+    ASSERT_LT(++renewals, 20);
+  }
+}
+
+TEST_F(PolicyTest, DisabledStaysDisabledAndSuccessRevivesADeadGrant) {
+  TokenRecord r = token(Provider::kTikTok, TokenKind::kBusinessToken);
+  r.expires_at = kNow + days(30);
+  r.state = TokenState::kDisabled;
+  r.next_check_due = kNow;  // as if left over
+  policy_.on_refresh_success(r, kNow);
+  EXPECT_EQ(r.state, TokenState::kDisabled);
+  EXPECT_FALSE(r.next_refresh_due);
+  EXPECT_FALSE(r.next_check_due);
+  EXPECT_EQ(r.last_refreshed_at, kNow);
+  policy_.on_failure(r, Operation::kCheck, {ErrorClass::kTransient, "503", {}}, kNow);
+  EXPECT_EQ(r.state, TokenState::kDisabled);
+  EXPECT_FALSE(r.next_check_due);
+
+  TokenRecord dead = token(Provider::kMeta, TokenKind::kPageToken);
+  policy_.on_failure(dead, Operation::kRefresh, {ErrorClass::kPermanent, "190/460", {}}, kNow);
+  ASSERT_EQ(dead.state, TokenState::kNeedsReauth);
+  policy_.on_check_success(dead, kNow + 1h);  // a forced check finds it valid after all
+  EXPECT_EQ(dead.state, TokenState::kActive);
+  EXPECT_TRUE(dead.next_check_due);
+  EXPECT_TRUE(dead.next_refresh_due) << "an active renewable token is scheduled again";
+}
+
 }  // namespace
 }  // namespace tw

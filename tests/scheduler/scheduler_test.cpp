@@ -114,11 +114,27 @@ TEST_F(SchedulerTest, ThreeDaysOfRotationsAndChecksThroughTheStore) {
 TEST_F(SchedulerTest, FailuresBackOffAndPermanentOnesStopTheToken) {
   const std::string flaky = add(Provider::kTikTok, TokenKind::kBusinessToken, "flaky", 1h);
   const std::string dead = add(Provider::kGoogle, TokenKind::kRefreshToken, "dead", std::nullopt);
+
+  // A forced refresh of the Google token finds the grant revoked.
+  auto forced = scheduler_.claim(dead);
+  ASSERT_TRUE(forced) << forced.error().message();
+  EXPECT_TRUE(forced->refresh_due);
+  ASSERT_TRUE(
+      scheduler_.record(*forced,
+                        Outcome::failed(Operation::kRefresh, ErrorClass::kPermanent,
+                                        "invalid_grant: Token has been expired or revoked."),
+                        true));
+  auto gone = **store_->find(dead);
+  EXPECT_EQ(gone.state, TokenState::kNeedsReauth);
+  EXPECT_FALSE(gone.next_refresh_due);
+  EXPECT_FALSE(gone.next_check_due);
+
   clock_.advance(40min);  // flaky is due (2/3 of its hour)
   auto jobs = scheduler_.claim_due();
   ASSERT_TRUE(jobs);
   bool saw_flaky = false;
   for (Job& job : *jobs) {
+    EXPECT_NE(job.record.id, dead);
     if (job.record.id != flaky || !job.refresh_due) continue;
     saw_flaky = true;
     ASSERT_TRUE(scheduler_.record(
@@ -131,20 +147,7 @@ TEST_F(SchedulerTest, FailuresBackOffAndPermanentOnesStopTheToken) {
   EXPECT_EQ(stored.state, TokenState::kFailing);
   EXPECT_EQ(stored.last_error_message, "HTTP 503");
 
-  // A forced refresh of the Google token finds the grant revoked.
-  auto forced = scheduler_.claim(dead);
-  ASSERT_TRUE(forced);
-  EXPECT_TRUE(forced->refresh_due);
-  ASSERT_TRUE(
-      scheduler_.record(*forced,
-                        Outcome::failed(Operation::kRefresh, ErrorClass::kPermanent,
-                                        "invalid_grant: Token has been expired or revoked."),
-                        true));
-  auto gone = **store_->find(dead);
-  EXPECT_EQ(gone.state, TokenState::kNeedsReauth);
-  EXPECT_FALSE(gone.next_refresh_due);
-  EXPECT_FALSE(gone.next_check_due);
-  // Months later it has still not been touched again.
+  // Months later the dead token has still not been touched again.
   clock_.advance(days(90));
   auto later = scheduler_.claim_due();
   for (const Job& job : *later)

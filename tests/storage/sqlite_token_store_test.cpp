@@ -80,6 +80,7 @@ TEST_F(StoreTest, CreatesAPrivateWalDatabaseAtTheLatestSchema) {
 
 TEST_F(StoreTest, MigratesAnEmptyFileAndReopensWithoutChange) {
   testing::write_file(db_path(), "");
+  chmod(db_path().c_str(), 0600);
   {
     auto store = open(key_);
     ASSERT_TRUE(store);
@@ -92,6 +93,30 @@ TEST_F(StoreTest, MigratesAnEmptyFileAndReopensWithoutChange) {
   EXPECT_EQ(again->list({})->size(), 1u);
 }
 
+TEST_F(StoreTest, MigratesAVersionOneDatabaseKeepingItsTokens) {
+  // A database as the first release wrote it, with one token and a lease.
+  {
+    SQLite::Database db(db_path(), SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
+    db.exec(std::string(SqliteTokenStore::migration_sql(0)));
+    db.exec("PRAGMA user_version = 1");
+    chmod(db_path().c_str(), 0600);
+    db.exec(
+        "INSERT INTO tokens (id, provider, kind, workspace_id, account_id, state, state_since, "
+        "connected_at, created_at, updated_at, lease_owner, lease_until, next_check_due) "
+        "VALUES ('tok_00000000000000aa', 'google', 'refresh_token', 'ws', 'acct', 'active', "
+        "1, 1, 1, 1, 'old-worker', 5, 7)");
+  }
+  auto store = open(key_);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(*store->schema_version(), SqliteTokenStore::latest_schema_version());
+  auto r = store->find("tok_00000000000000aa");
+  ASSERT_TRUE(r && *r);
+  EXPECT_EQ((*r)->account_id, "acct");
+  EXPECT_EQ((*r)->lease_owner, "old-worker");
+  EXPECT_EQ((*r)->lease_generation, 0);
+  EXPECT_EQ((*r)->next_check_due, from_unix(7));
+}
+
 TEST_F(StoreTest, RefusesADatabaseFromANewerVersion) {
   { ASSERT_TRUE(open(key_)); }
   raw_exec("PRAGMA user_version = 99");
@@ -102,8 +127,26 @@ TEST_F(StoreTest, RefusesADatabaseFromANewerVersion) {
   EXPECT_NE(s.error().message().find(db_path()), std::string::npos);
 }
 
+TEST_F(StoreTest, RefusesADatabaseOthersCanRead) {
+  { ASSERT_TRUE(open(key_)); }
+  chmod(db_path().c_str(), 0640);
+  auto s = SqliteTokenStore::open(db_path(), 200ms, Cipher(KeyRing(key_)));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), Errc::kPermission);
+  EXPECT_NE(s.error().message().find("0640"), std::string::npos) << s.error().message();
+}
+
+TEST_F(StoreTest, OpeningAnExistingDatabaseNeverCreatesOne) {
+  auto s = SqliteTokenStore::open(db_path(), 200ms, Cipher(KeyRing(key_)), OpenMode::kExisting);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), Errc::kNotFound);
+  EXPECT_NE(s.error().message().find("no database at " + db_path()), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(db_path()));
+}
+
 TEST_F(StoreTest, RefusesAFileThatIsNotADatabase) {
   testing::write_file(db_path(), std::string(4096, 'x'));
+  chmod(db_path().c_str(), 0600);
   auto s = SqliteTokenStore::open(db_path(), 200ms, Cipher(KeyRing(key_)));
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.error().message().find(db_path()), std::string::npos) << s.error().message();
@@ -144,14 +187,16 @@ TEST_F(StoreTest, AddReadAndReconnect) {
   EXPECT_EQ(s->refresh_token.reveal(), "rft.first");
 
   // The customer's grant dies, then they reconnect: same row, new secrets, clean state.
-  TokenRecord dead = r;
+  auto claimed = store->claim(id, kNow, "worker-a", 5min);
+  ASSERT_TRUE(claimed);
+  EXPECT_EQ(claimed->lease_generation, r.lease_generation + 1);
+  TokenRecord dead = *claimed;
   dead.state = TokenState::kNeedsReauth;
   dead.consecutive_failures = 3;
   dead.last_error_class = ErrorClass::kPermanent;
   dead.last_error_message = "invalid_grant";
   dead.next_refresh_due.reset();
   dead.next_check_due.reset();
-  ASSERT_TRUE(store->claim(id, kNow, "worker-a", 5min));
   ASSERT_TRUE(store->save(dead, nullptr, "worker-a", LeaseAction::kKeep));
   EXPECT_EQ((*store->find(id))->state, TokenState::kNeedsReauth);
 
@@ -172,6 +217,15 @@ TEST_F(StoreTest, AddReadAndReconnect) {
   auto s2 = store->read_secrets(after);
   EXPECT_EQ(s2->access_token.reveal(), "act.second");
   EXPECT_TRUE(s2->refresh_token.empty());
+
+  // A reconnect may change the kind and the workspace too.
+  NewToken moved = new_token("acct-1", Provider::kTikTok, TokenKind::kRefreshToken);
+  moved.workspace_id = "ws-2";
+  ASSERT_TRUE(store->upsert(moved, secrets("act.third", "rft.third"), kNow + 2h,
+                            due_at(kNow + 3h, kNow + 4h)));
+  auto changed = **store->find(id);
+  EXPECT_EQ(changed.kind, TokenKind::kRefreshToken);
+  EXPECT_EQ(changed.workspace_id, "ws-2");
 
   // The worker that held the lease can no longer write its stale result.
   auto stale = store->save(dead, nullptr, "worker-a", LeaseAction::kRelease);
@@ -220,7 +274,7 @@ TEST_F(StoreTest, NoPlaintextSecretInTheDatabaseOrWal) {
                                 due_at(kNow, kNow)));
     }
     // Rewrite some secrets too, so old ciphertext pages exist.
-    auto jobs = store->claim_due(kNow, 10, "w", 5min);
+    auto jobs = store->claim_due(kNow, 10, "w", 5min, kAllProviders);
     ASSERT_TRUE(jobs);
     for (auto& d : *jobs) {
       plain.push_back("rft.PLAINTEXT-ROTATED-" + d.record.id);
@@ -308,8 +362,10 @@ TEST_F(StoreTest, RekeyMovesEverySecretToTheCurrentKey) {
     auto rotating = open(next, {key_});
     EXPECT_EQ(rotating->read_secrets(**rotating->find(ids[5]))->access_token.reveal(), "act.5")
         << "old key still opens old secrets";
+    EXPECT_EQ(*rotating->count_sealed_with_old_keys(), ids.size());
     EXPECT_EQ(*rotating->rekey(), ids.size());
     EXPECT_EQ(*rotating->rekey(), 0u) << "nothing left to do";
+    EXPECT_EQ(*rotating->count_sealed_with_old_keys(), 0u);
   }
   auto rotated = open(next);
   for (std::size_t i = 0; i < ids.size(); i += 97) {
@@ -329,9 +385,9 @@ TEST_F(StoreTest, ClaimsDueTokensEarliestFirstAndHidesThemUntilTheLeaseEnds) {
                                due_at(kNow + std::chrono::minutes(i), kNow + 24h))
                       ->record.id);
   }
-  EXPECT_EQ(**store->earliest_due(), kNow);
+  EXPECT_EQ(**store->earliest_due(kAllProviders), kNow);
 
-  auto first = store->claim_due(kNow + 3min, 2, "w1", 10min);
+  auto first = store->claim_due(kNow + 3min, 2, "w1", 10min, kAllProviders);
   ASSERT_TRUE(first);
   ASSERT_EQ(first->size(), 2u);
   EXPECT_EQ((*first)[0].record.id, ids[0]);
@@ -341,20 +397,20 @@ TEST_F(StoreTest, ClaimsDueTokensEarliestFirstAndHidesThemUntilTheLeaseEnds) {
   EXPECT_EQ((*first)[0].record.next_refresh_due, kNow) << "the claim reports the original due";
 
   // Claimed tokens are hidden from the next claim, by this worker or another.
-  auto second = store->claim_due(kNow + 3min, 10, "w2", 10min);
+  auto second = store->claim_due(kNow + 3min, 10, "w2", 10min, kAllProviders);
   ASSERT_EQ(second->size(), 2u);
   EXPECT_EQ((*second)[0].record.id, ids[2]);
   EXPECT_EQ((*second)[1].record.id, ids[3]);
   // Everything due is claimed; the next wake-up is token 4, not the claimed ones.
-  EXPECT_EQ(**store->earliest_due(), kNow + 4min);
-  EXPECT_EQ(store->claim_due(kNow + 3min, 10, "w2", 10min)->size(), 0u);
+  EXPECT_EQ(**store->earliest_due(kAllProviders), kNow + 4min);
+  EXPECT_EQ(store->claim_due(kNow + 3min, 10, "w2", 10min, kAllProviders)->size(), 0u);
 
   // w1 finishes token 0; w1 dies holding token 1, which comes due again when its lease ends.
   TokenRecord done = (*first)[0].record;
   done.next_refresh_due = kNow + 7 * 24h;
   done.next_check_due = kNow + 24h;
   ASSERT_TRUE(store->save(done, nullptr, "w1", LeaseAction::kRelease));
-  auto later = store->claim_due(kNow + 13min, 10, "w3", 10min);
+  auto later = store->claim_due(kNow + 13min, 10, "w3", 10min, kAllProviders);
   ASSERT_TRUE(later);
   std::vector<std::string> got;
   for (auto& d : *later)
@@ -374,6 +430,43 @@ TEST_F(StoreTest, ClaimsDueTokensEarliestFirstAndHidesThemUntilTheLeaseEnds) {
   EXPECT_EQ(late.error().code(), Errc::kLeaseLost);
 }
 
+TEST_F(StoreTest, AStaleGenerationIsFencedOutEvenForTheSameOwner) {
+  auto store = open(key_);
+  auto id = store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow))->record.id;
+  auto first = store->claim_due(kNow, 1, "daemon", 1min, kAllProviders);
+  ASSERT_EQ(first->size(), 1u);
+  // The lease runs out while the request hangs; the same daemon claims the token again.
+  auto second = store->claim_due(kNow + 2min, 1, "daemon", 1min, kAllProviders);
+  ASSERT_EQ(second->size(), 1u);
+  EXPECT_EQ((*second)[0].record.lease_generation, (*first)[0].record.lease_generation + 1);
+  auto stale = store->save((*first)[0].record, nullptr, "daemon", LeaseAction::kRelease);
+  ASSERT_FALSE(stale.ok());
+  EXPECT_EQ(stale.error().code(), Errc::kLeaseLost);
+  EXPECT_NE(stale.error().message().find("stale"), std::string::npos) << stale.error().message();
+  EXPECT_TRUE(store->save((*second)[0].record, nullptr, "daemon", LeaseAction::kRelease));
+  (void)id;
+}
+
+TEST_F(StoreTest, ExtendedLeasesKeepOtherWorkersOut) {
+  auto store = open(key_);
+  auto id = store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow))->record.id;
+  auto job = store->claim_due(kNow, 1, "slow", 1min, kAllProviders);
+  ASSERT_EQ(job->size(), 1u);
+  const TokenRecord held = (*job)[0].record;
+  // Extended every 50 s while the provider is slow: nobody else gets in for five minutes.
+  for (int i = 1; i <= 6; ++i) {
+    EXPECT_EQ(*store->extend_leases({{id, held.lease_generation}}, "slow", kNow + i * 50s, 1min),
+              1u);
+    EXPECT_EQ(store->claim_due(kNow + i * 50s + 5s, 10, "other", 1min, kAllProviders)->size(), 0u)
+        << i;
+  }
+  EXPECT_GT(**store->earliest_due(kAllProviders), kNow + 300s) << "no busy loop on a held token";
+  EXPECT_EQ(*store->extend_leases({{id, held.lease_generation + 7}}, "slow", kNow, 1min), 0u)
+      << "a lease held at another generation is not extended";
+  EXPECT_EQ(*store->extend_leases({{id, held.lease_generation}}, "other", kNow, 1min), 0u);
+  EXPECT_TRUE(store->save(held, nullptr, "slow", LeaseAction::kRelease));
+}
+
 TEST_F(StoreTest, ForcedClaimBlocksScheduledClaimsWithoutBusyLooping) {
   auto store = open(key_);
   auto id = store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow))->record.id;
@@ -381,17 +474,17 @@ TEST_F(StoreTest, ForcedClaimBlocksScheduledClaimsWithoutBusyLooping) {
   auto other = store->claim(id, kNow, "daemon", 5min);
   ASSERT_FALSE(other.ok());
   EXPECT_EQ(other.error().code(), Errc::kLeaseLost);
-  EXPECT_EQ(store->claim_due(kNow, 10, "daemon", 5min)->size(), 0u);
+  EXPECT_EQ(store->claim_due(kNow, 10, "daemon", 5min, kAllProviders)->size(), 0u);
   // The daemon's next wake-up is the end of the CLI's lease, not "now" again and again.
-  EXPECT_EQ(**store->earliest_due(), kNow + 2min);
-  EXPECT_EQ(store->claim_due(kNow + 2min, 10, "daemon", 5min)->size(), 1u);
+  EXPECT_EQ(**store->earliest_due(kAllProviders), kNow + 2min);
+  EXPECT_EQ(store->claim_due(kNow + 2min, 10, "daemon", 5min, kAllProviders)->size(), 1u);
 }
 
 TEST_F(StoreTest, SaveKeepsOrReleasesTheLeaseAndReplacesSecrets) {
   auto store = open(key_);
   auto id =
       store->upsert(new_token("a"), secrets("act.1", "rft.1"), kNow, due_at(kNow, kNow))->record.id;
-  auto job = store->claim_due(kNow, 1, "w", 5min);
+  auto job = store->claim_due(kNow, 1, "w", 5min, kAllProviders);
   ASSERT_EQ(job->size(), 1u);
   TokenRecord r = (*job)[0].record;
   TokenSecrets rotated{Secret("act.2"), Secret("rft.2")};
@@ -412,27 +505,29 @@ TEST_F(StoreTest, ScheduleQueriesUseTheDueIndexes) {
   auto store = open(key_);
   auto plan = store->explain_schedule_queries();
   ASSERT_TRUE(plan) << plan.error().message();
-  EXPECT_NE(plan->find("tokens_refresh_due"), std::string::npos) << *plan;
-  EXPECT_NE(plan->find("tokens_check_due"), std::string::npos) << *plan;
-  EXPECT_EQ(plan->find("TEMP B-TREE"), std::string::npos) << "no sort of the whole table\n"
-                                                          << *plan;
-  // Every step reads through an index, never the table alone.
-  std::size_t lines = 0, indexed = 0;
+  // Every read of the table is an index range search on (provider, due): O(log n + limit). The
+  // merge then sorts at most `limit` rows per provider and column, never the table.
+  std::size_t searches = 0;
   for (std::size_t pos = 0; pos < plan->size();) {
     std::size_t end = plan->find('\n', pos);
     std::string line = plan->substr(pos, end - pos);
-    ++lines;
-    if (line.find("USING INDEX tokens_") != std::string::npos ||
-        line.find("USING COVERING INDEX tokens_") != std::string::npos) {
-      ++indexed;
-    }
     pos = end + 1;
+    if (line.find("tokens") == std::string::npos) continue;
+    ++searches;
+    const bool indexed =
+        line.rfind("SEARCH tokens USING INDEX tokens_refresh_due (provider=?", 0) == 0 ||
+        line.rfind("SEARCH tokens USING INDEX tokens_check_due (provider=?", 0) == 0;
+    EXPECT_TRUE(indexed) << line << "\n" << *plan;
   }
-  EXPECT_EQ(indexed, lines) << *plan;
+  // earliest_due and claim_due, each over 3 providers and 2 columns.
+  EXPECT_EQ(searches, 12u) << *plan;
 }
 
 TEST_F(StoreTest, ALockedDatabaseIsBusyNotAnError) {
-  auto store = open(key_);
+  { ASSERT_TRUE(open(key_)); }
+  auto opened = SqliteTokenStore::open(db_path(), 1ms, Cipher(KeyRing(key_)));
+  ASSERT_TRUE(opened);
+  auto& store = *opened;
   SQLite::Database other(db_path(), SQLite::OPEN_READWRITE);
   other.exec("BEGIN IMMEDIATE");
   auto r = store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow));

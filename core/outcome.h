@@ -1,0 +1,51 @@
+// Outcome: what one operation (a renewal or a check) on one token came to.
+//
+// Thread-safety: plain values.
+// Providers produce Outcomes; the scheduler turns them into state and due times through the
+// policy, and commits them. New secrets ride along in `secrets` and are stored whenever present,
+// even on a failure (a multi-step renewal that got a new token before failing must not lose it).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "core/time.h"
+#include "core/token.h"
+
+namespace tw {
+
+struct Failure {
+  ErrorClass error_class = ErrorClass::kTransient;
+  std::string message;                 // one line, no secret
+  std::optional<Seconds> retry_after;  // from a Retry-After header or a provider's hint
+};
+
+struct Outcome {
+  Operation op = Operation::kCheck;
+  bool ok = true;
+  Failure failure;  // when !ok
+  // What the provider told us. New secrets replace the stored ones; an empty field keeps the
+  // stored value (Google rarely returns a refresh token; Meta has none).
+  std::optional<TokenSecrets> secrets;
+  std::optional<SysTime> expires_at;
+  std::optional<SysTime> refresh_expires_at;
+  std::optional<std::string> scopes;
+  std::string note;  // one line for the log on success, e.g. "refresh token rotated"
+
+  static Outcome success(Operation op) {
+    Outcome o;
+    o.op = op;
+    return o;
+  }
+  static Outcome failed(Operation op, ErrorClass c, std::string message,
+                        std::optional<Seconds> retry_after = std::nullopt) {
+    Outcome o;
+    o.op = op;
+    o.ok = false;
+    o.failure = Failure{c, std::move(message), retry_after};
+    return o;
+  }
+};
+
+}  // namespace tw
