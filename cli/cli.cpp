@@ -7,11 +7,13 @@
 #include <random>
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/post.hpp>
 #include <nlohmann/json.hpp>
 #include <termios.h>
 #include <unistd.h>
 
 #include "config/config.h"
+#include "core/log.h"
 #include "core/secret.h"
 #include "core/time.h"
 #include "core/token.h"
@@ -19,6 +21,7 @@
 #include "scheduler/policy.h"
 #include "storage/crypto.h"
 #include "storage/sqlite_token_store.h"
+#include "worker/daemon.h"
 
 namespace tw {
 
@@ -509,6 +512,81 @@ int cmd_set_enabled(Invocation& inv, const std::string& id, bool enable) {
   });
 }
 
+int cmd_run(Invocation& inv) {
+  auto config = inv.config();
+  if (!config) return report(inv.env, config.error());
+  auto log = make_logger("tokenwarden", config->log);
+  auto daemon = Daemon::build(*config, inv.env.credentials_directory, process_owner(), log);
+  if (!daemon) {
+    log->critical("cannot start: {}", daemon.error().message());
+    return exit_code_for(daemon.error());
+  }
+  if ((*daemon)->clients.empty()) {
+    log->warn("no provider is enabled in {}: nothing will be renewed or checked", config->source);
+  }
+  return (*daemon)->run(config->scheduler.shutdown_grace);
+}
+
+struct ForcedArgs {
+  std::vector<std::string> ids;
+  bool all = false;
+  std::string provider;
+  bool verbose = false;
+};
+
+// tokenwarden refresh / check: runs the operation now on the chosen tokens, safely beside a
+// running daemon (each token is leased first), and prints one line per token.
+int cmd_forced(Invocation& inv, const ForcedArgs& args, Operation op) {
+  const int chosen =
+      (args.ids.empty() ? 0 : 1) + (args.all ? 1 : 0) + (args.provider.empty() ? 0 : 1);
+  if (chosen != 1) {
+    return report(inv.env, usage("give token ids, or --all, or --provider P (exactly one)"));
+  }
+  std::optional<Provider> provider;
+  if (!args.provider.empty()) {
+    provider = parse_provider(args.provider);
+    if (!provider) return report(inv.env, usage("unknown provider \"" + args.provider + "\""));
+  }
+  auto config = inv.config();
+  if (!config) return report(inv.env, config.error());
+  LogConfig quiet = config->log;
+  if (!args.verbose) quiet.level = "warn";
+  auto log = make_logger("tokenwarden", quiet);
+  auto built = Daemon::build(*config, inv.env.credentials_directory, process_owner("cli:"), log);
+  if (!built) return report(inv.env, built.error());
+  Daemon& d = **built;
+
+  std::vector<std::string> ids = args.ids;
+  if (ids.empty()) {
+    ListFilter filter;
+    filter.provider = provider;
+    auto rows = d.store->list(filter);
+    if (!rows) return report(inv.env, rows.error());
+    for (const TokenRecord& r : *rows) {
+      if (!state_scheduled(r.state)) continue;  // needs_reauth, revoked, disabled: by id only
+      if (op == Operation::kRefresh && !Policy::renewable(r)) continue;
+      ids.push_back(r.id);
+    }
+    if (ids.empty()) {
+      inv.env.out << "no token to " << to_string(op) << "\n";
+      return kExitOk;
+    }
+  }
+  int code = kExitOk;
+  d.worker->run_now(ids, op, [&](std::vector<ForcedResult> results) {
+    for (const ForcedResult& r : results) {
+      inv.env.out << r.id << "  " << to_string(op) << "  " << (r.ok ? "ok" : "FAILED") << "  "
+                  << to_string(r.state) << "  " << r.message << "\n";
+      if (!r.ok)
+        code = r.message == "no such token" && code == kExitOk ? kExitNotFound : kExitFailure;
+    }
+    d.http->shutdown();
+    boost::asio::post(d.io, [&d] { d.io.stop(); });
+  });
+  d.io.run();
+  return code;
+}
+
 int cmd_rekey(Invocation& inv) {
   return with_store(inv, OpenMode::kExisting, [&](const Config&, SqliteTokenStore& store) {
     auto n = store.rekey();
@@ -607,20 +685,47 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
       "revoked token cannot be enabled; reconnect it with `add` instead.");
   enable->add_option("id", enable_id, "Token id (tok_...)")->required();
 
+  auto* run = app.add_subcommand(
+      "run",
+      "Run the daemon: renew and health-check every due token until SIGTERM or SIGINT.\n"
+      "Logs go to stderr (journald under systemd). Other tokenwarden processes, on this\n"
+      "host or others sharing the database, may run beside it: leases keep them apart.");
+
+  ForcedArgs refresh_args;
+  auto* refresh = app.add_subcommand(
+      "refresh",
+      "Renew tokens now, whatever their schedule, and print one line per token.\n"
+      "Safe while the daemon runs. Exit code 1 if any renewal failed.");
+  refresh->add_option("ids", refresh_args.ids, "Token ids (tok_...)");
+  refresh->add_flag("--all", refresh_args.all, "Every active or failing renewable token");
+  refresh->add_option("--provider", refresh_args.provider, "Every such token of one provider");
+  refresh->add_flag("-v,--verbose", refresh_args.verbose, "Log each request on stderr");
+
+  ForcedArgs check_args;
+  auto* check = app.add_subcommand("check",
+                                   "Health-check tokens now and print one line per token.\n"
+                                   "Safe while the daemon runs. Exit code 1 if any check failed.");
+  check->add_option("ids", check_args.ids, "Token ids (tok_...)");
+  check->add_flag("--all", check_args.all, "Every active or failing token");
+  check->add_option("--provider", check_args.provider, "Every such token of one provider");
+  check->add_flag("-v,--verbose", check_args.verbose, "Log each request on stderr");
+
   auto* rekey = app.add_subcommand(
       "rekey",
       "Re-encrypt every secret sealed with a previous key (key.previous_files) with the\n"
       "current key. Run after rotating the key file; then retire the old key.");
 
-  std::string demo_dir;
-  int demo_days = 35;
-  auto* demo = app.add_subcommand(
-      "demo",
-      "Create a key, a database and sample tokens in a new directory, then run the\n"
-      "scheduler over simulated weeks with a fake clock and print what it did.\n"
-      "Does not read the configuration and makes no network calls.");
-  demo->add_option("--dir", demo_dir, "Directory for the demo files (default: a new one in /tmp)");
-  demo->add_option("--days", demo_days, "Days of schedule to simulate")
+  std::string simulate_dir;
+  int simulate_days = 35;
+  auto* simulate = app.add_subcommand(
+      "simulate",
+      "Offline, no network: create a key, a database and sample tokens in a new directory,\n"
+      "then run the real scheduler and store over simulated weeks under a fake clock, with\n"
+      "simulated provider replies, and print every renewal and failure. Shows what the\n"
+      "schedule does; does not read the configuration.");
+  simulate->add_option("--dir", simulate_dir,
+                       "Directory for its files (default: a new one in /tmp)");
+  simulate->add_option("--days", simulate_days, "Days of schedule to simulate")
       ->check(CLI::Range(1, 3650))
       ->capture_default_str();
 
@@ -646,7 +751,10 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   if (*disable) return cmd_set_enabled(inv, disable_id, false);
   if (*enable) return cmd_set_enabled(inv, enable_id, true);
   if (*rekey) return cmd_rekey(inv);
-  if (*demo) return run_demo(demo_dir, demo_days, env);
+  if (*run) return cmd_run(inv);
+  if (*refresh) return cmd_forced(inv, refresh_args, Operation::kRefresh);
+  if (*check) return cmd_forced(inv, check_args, Operation::kCheck);
+  if (*simulate) return run_simulation(simulate_dir, simulate_days, env);
   return kExitUsage;
 }
 

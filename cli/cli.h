@@ -31,8 +31,8 @@ struct CliEnv {
 
 int run_cli(const std::vector<std::string>& args, CliEnv& env);
 
-// The README's demo: a key, a database and tokens in a fresh directory, then months of schedule
-// in seconds. Defined in cli/demo.cpp.
-int run_demo(const std::string& dir, int days, CliEnv& env);
+// `tokenwarden simulate`: a key, a database and tokens in a fresh directory, then weeks of
+// schedule under a fake clock with simulated replies, in seconds. Defined in cli/simulate.cpp.
+int run_simulation(const std::string& dir, int days, CliEnv& env);
 
 }  // namespace tw

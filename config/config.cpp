@@ -608,6 +608,13 @@ void parse_schedule(MapReader& r, ScheduleConfig& c) {
   r.period("check_every", c.check_every);
 }
 
+void parse_limits(MapReader& r, ProviderLimits& c) {
+  r.number("requests_per_second", c.requests_per_second, 0.001, 1'000'000.0);
+  r.integer("burst", c.burst, 1, 1'000'000);
+  r.integer("breaker_failures", c.breaker_failures, 1, 1'000'000);
+  r.period("breaker_cooldown", c.breaker_cooldown);
+}
+
 // A provider is enabled by the presence of its section, unless it says `enabled: false`; only
 // then are its credentials required.
 Need read_enabled(MapReader& r, bool& enabled) {
@@ -624,6 +631,7 @@ void parse_meta(MapReader& r, MetaConfig& c) {
   r.string("app_id", c.app_id, need);
   r.secret("app_secret", c.app_secret, need);
   parse_schedule(r, c.schedule);
+  parse_limits(r, c.limits);
   r.finish();
   if (c.api_version.find('/') != std::string::npos) {
     r.fail("api_version", "must not contain \"/\"; write it like v25.0");
@@ -637,6 +645,7 @@ void parse_google(MapReader& r, GoogleConfig& c) {
   r.string("client_id", c.client_id, need);
   r.secret("client_secret", c.client_secret, need);
   parse_schedule(r, c.schedule);
+  parse_limits(r, c.limits);
   r.finish();
 }
 
@@ -649,6 +658,7 @@ void parse_tiktok(MapReader& r, TikTokConfig& c) {
   r.string("business_app_id", c.business_app_id);
   r.secret("business_app_secret", c.business_app_secret, Need::kOptional);
   parse_schedule(r, c.schedule);
+  parse_limits(r, c.limits);
   r.finish();
   // An API for Business app is an id and a secret together; half of one is a mistake.
   if (r.has("business_app_id") != r.has("business_app_secret")) {
@@ -695,6 +705,8 @@ void parse_retry(MapReader& r, RetryConfig& c) {
 void parse_scheduler(MapReader& r, SchedulerConfig& c) {
   r.period("lease", c.lease);
   r.integer("batch_size", c.batch_size, 1, 100'000);
+  r.period("idle_poll", c.idle_poll);
+  r.period("shutdown_grace", c.shutdown_grace);
   r.finish();
 }
 
@@ -706,6 +718,7 @@ void parse_status(MapReader& r, StatusConfig& c) {
 void parse_log(MapReader& r, LogConfig& c) {
   r.one_of("level", c.level, {"trace", "debug", "info", "warn", "error", "critical", "off"});
   r.one_of("format", c.format, {"text", "json"});
+  r.period("summary_every", c.summary_every);
   r.finish();
 }
 

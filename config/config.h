@@ -57,6 +57,14 @@ struct ScheduleConfig {
   Seconds check_every = std::chrono::hours(1);  // health check period, spread over the period
 };
 
+// How hard tokenwarden may press one provider's endpoints.
+struct ProviderLimits {
+  double requests_per_second = 200;  // token-bucket rate, renewals and checks together
+  int burst = 400;                   // token-bucket size
+  int breaker_failures = 20;         // transient failures in a row that open the circuit breaker
+  Seconds breaker_cooldown = std::chrono::minutes(1);  // how long it stays open before a probe
+};
+
 struct MetaConfig {
   bool enabled = false;  // true when the `meta` section is present, unless `enabled: false`
   std::string graph_base_url = "https://graph.facebook.com";
@@ -65,6 +73,7 @@ struct MetaConfig {
   std::string app_id;    // required when enabled
   SecretRef app_secret;  // required when enabled
   ScheduleConfig schedule{std::chrono::days(7), std::chrono::days(3), std::chrono::hours(1)};
+  ProviderLimits limits;
 };
 
 struct GoogleConfig {
@@ -75,6 +84,7 @@ struct GoogleConfig {
   SecretRef client_secret;  // required when enabled
   // renew_before is off: Google's expires_at is the one-hour access token, refreshed on demand.
   ScheduleConfig schedule{std::chrono::days(30), std::nullopt, std::chrono::hours(1)};
+  ProviderLimits limits;
 };
 
 struct TikTokConfig {
@@ -88,6 +98,7 @@ struct TikTokConfig {
   std::string business_app_id;
   SecretRef business_app_secret;
   ScheduleConfig schedule{std::nullopt, std::chrono::hours(72), std::chrono::hours(1)};
+  ProviderLimits limits;
 };
 
 struct ProvidersConfig {
@@ -115,6 +126,10 @@ struct RetryConfig {
 struct SchedulerConfig {
   Seconds lease = std::chrono::minutes(5);  // how long a worker owns a token it is working on
   int batch_size = 256;                     // tokens claimed from the store per wake-up
+  // With nothing due, look at the store again after this long anyway (tokens added by the CLI or
+  // another host, a wall clock that jumped).
+  Seconds idle_poll = std::chrono::seconds(30);
+  Seconds shutdown_grace = std::chrono::seconds(20);  // on SIGTERM, wait this long for requests
 };
 
 struct StatusConfig {
@@ -124,6 +139,7 @@ struct StatusConfig {
 struct LogConfig {
   std::string level = "info";   // trace, debug, info, warn, error, critical, off
   std::string format = "text";  // text or json
+  Seconds summary_every = std::chrono::minutes(5);  // a summary line this often
 };
 
 struct Config {

@@ -19,6 +19,7 @@ struct Failure {
   ErrorClass error_class = ErrorClass::kTransient;
   std::string message;                 // one line, no secret
   std::optional<Seconds> retry_after;  // from a Retry-After header or a provider's hint
+  bool cancelled = false;  // the request was abandoned (shutting down): not the token's failure
 };
 
 struct Outcome {
@@ -31,7 +32,10 @@ struct Outcome {
   std::optional<SysTime> expires_at;
   std::optional<SysTime> refresh_expires_at;
   std::optional<std::string> scopes;
-  std::string note;  // one line for the log on success, e.g. "refresh token rotated"
+  std::string note;  // one line for the log, e.g. "refresh token rotated"
+  // The provider asks everyone to slow down for this long (Meta's usage headers near 100%, a
+  // rate-limit code): the worker pauses all requests to this provider, not just this token's.
+  std::optional<Seconds> throttle;
 
   static Outcome success(Operation op) {
     Outcome o;

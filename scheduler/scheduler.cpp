@@ -19,8 +19,16 @@ Result<std::vector<Job>> Scheduler::claim_due() {
   return claim_due(static_cast<std::size_t>(config_.batch_size));
 }
 
+Result<std::optional<SysTime>> Scheduler::next_wake(const ProviderSet& providers) {
+  return store_.earliest_due(providers);
+}
+
 Result<std::vector<Job>> Scheduler::claim_due(std::size_t limit) {
-  auto due = store_.claim_due(clock_.now(), limit, owner_, config_.lease, providers_);
+  return claim_due(limit, providers_);
+}
+
+Result<std::vector<Job>> Scheduler::claim_due(std::size_t limit, const ProviderSet& providers) {
+  auto due = store_.claim_due(clock_.now(), limit, owner_, config_.lease, providers);
   if (!due) return due.error();
   std::vector<Job> jobs;
   jobs.reserve(due->size());
@@ -53,6 +61,8 @@ Status Scheduler::record(Job& job, const Outcome& outcome, bool last) {
     if (outcome.op == Operation::kRefresh) {
       policy_.on_refresh_success(next, now);
     } else {
+      // A check that had to renew an expired access token on the way renewed the token too.
+      if (outcome.secrets) policy_.on_refresh_success(next, now);
       policy_.on_check_success(next, now);
     }
   } else {
@@ -85,6 +95,10 @@ Status Scheduler::postpone(Job& job, SysTime until) {
   if (auto st = store_.save(next, nullptr, owner_, LeaseAction::kRelease); !st) return st;
   job.record = std::move(next);
   return Ok();
+}
+
+Status Scheduler::release(Job& job) {
+  return store_.save(job.record, nullptr, owner_, LeaseAction::kRelease);
 }
 
 Result<std::size_t> Scheduler::extend(const std::vector<LeaseRef>& leases) {

@@ -37,11 +37,15 @@ class Scheduler {
 
   const std::string& owner() const { return owner_; }
 
-  // When the next job is due (possibly in the past), or nullopt when nothing is scheduled.
+  // When the next job is due (possibly in the past), or nullopt when nothing is scheduled; for
+  // this scheduler's providers, or only `providers`.
   Result<std::optional<SysTime>> next_wake();
-  // Claims up to batch_size (or `limit`) jobs due now.
+  Result<std::optional<SysTime>> next_wake(const ProviderSet& providers);
+  // Claims up to batch_size (or `limit`) jobs due now, of this scheduler's providers or only
+  // `providers`.
   Result<std::vector<Job>> claim_due();
   Result<std::vector<Job>> claim_due(std::size_t limit);
+  Result<std::vector<Job>> claim_due(std::size_t limit, const ProviderSet& providers);
   // Claims one token now, for a forced operation; both operations are marked due.
   Result<Job> claim(std::string_view id);
 
@@ -54,6 +58,8 @@ class Scheduler {
   // Puts the job's due operations off until `until` without counting a failure (the provider's
   // circuit is open, or the provider is not configured), and releases the lease.
   Status postpone(Job& job, SysTime until);
+  // Gives a claimed token back unchanged: its original due times, no lease.
+  Status release(Job& job);
   // Extends the leases of jobs still in flight; returns how many are still held.
   Result<std::size_t> extend(const std::vector<LeaseRef>& leases);
 

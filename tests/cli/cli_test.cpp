@@ -82,12 +82,12 @@ class Cli : public ::testing::Test {
 TEST_F(Cli, HelpDescribesEveryCommandAndTheExitCodes) {
   Outcome r = run({"--help"}, "", false);
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* word :
-       {"keygen", "add", "list", "show", "remove", "rekey", "demo", "Exit codes", "78"}) {
+  for (const char* word : {"keygen", "add", "list", "show", "remove", "rekey", "simulate", "run",
+                           "refresh", "check", "Exit codes", "78"}) {
     EXPECT_NE(r.out.find(word), std::string::npos) << word << "\n" << r.out;
   }
-  for (const char* cmd :
-       {"keygen", "add", "list", "show", "remove", "disable", "enable", "rekey", "demo"}) {
+  for (const char* cmd : {"keygen", "add", "list", "show", "remove", "disable", "enable", "rekey",
+                          "simulate", "run", "refresh", "check"}) {
     Outcome h = run({cmd, "--help"}, "", false);
     EXPECT_EQ(h.exit_code, 0) << cmd << h.err;
     EXPECT_NE(h.out.find("Usage"), std::string::npos) << cmd;
@@ -298,16 +298,16 @@ TEST_F(Cli, RekeyAfterRotatingTheKeyFile) {
   EXPECT_NE(run({"rekey"}).out.find("re-encrypted 0 token(s)"), std::string::npos);
 }
 
-TEST_F(Cli, DemoRunsAndFindsNoPlaintext) {
-  Outcome r = run({"demo", "--dir", dir_.file("demo"), "--days", "12"}, "", false);
+TEST_F(Cli, SimulateRunsAndFindsNoPlaintext) {
+  Outcome r = run({"simulate", "--dir", dir_.file("sim"), "--days", "12"}, "", false);
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   EXPECT_NE(r.out.find("renewed"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("needs_reauth"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("Encryption: 0 of"), std::string::npos) << r.out;
-  Outcome list = run({"--config", dir_.file("demo/tokenwarden.yaml"), "list"}, "", false);
+  Outcome list = run({"--config", dir_.file("sim/tokenwarden.yaml"), "list"}, "", false);
   EXPECT_EQ(list.exit_code, 0) << list.err;
   EXPECT_NE(list.out.find("needs_reauth"), std::string::npos);
-  Outcome again = run({"demo", "--dir", dir_.file("demo")}, "", false);
+  Outcome again = run({"simulate", "--dir", dir_.file("sim")}, "", false);
   EXPECT_EQ(again.exit_code, 2) << "refuses a directory that is not empty";
 }
 

@@ -284,6 +284,10 @@ providers:
     refresh_every: "off"
     renew_before: 1d12h
     check_every: 30m
+    requests_per_second: 2.5
+    burst: 7
+    breaker_failures: 3
+    breaker_cooldown: 45s
   google:
     enabled: true
     oauth_base_url: https://oauth.example
@@ -319,11 +323,14 @@ retry:
 scheduler:
   lease: 1m30s
   batch_size: 100000
+  idle_poll: 7s
+  shutdown_grace: 3s
 status:
   file: /tmp/status.json
 log:
   level: debug
   format: json
+  summary_every: 1m
 )";
 
 TEST(ConfigParse, ReadsEveryField) {
@@ -342,6 +349,10 @@ TEST(ConfigParse, ReadsEveryField) {
   EXPECT_EQ(meta.app_secret.source, SecretRef::Source::kFile);
   EXPECT_EQ(meta.app_secret.name, "/run/secrets/meta");
   expect_schedule(meta.schedule, std::nullopt, 36h, 30min);
+  EXPECT_DOUBLE_EQ(meta.limits.requests_per_second, 2.5);
+  EXPECT_EQ(meta.limits.burst, 7);
+  EXPECT_EQ(meta.limits.breaker_failures, 3);
+  EXPECT_EQ(meta.limits.breaker_cooldown, 45s);
 
   const GoogleConfig& google = c.providers.google;
   EXPECT_TRUE(google.enabled);
@@ -375,9 +386,12 @@ TEST(ConfigParse, ReadsEveryField) {
   EXPECT_EQ(c.retry.malformed_cap, 1000);
   EXPECT_EQ(c.scheduler.lease, 90s);
   EXPECT_EQ(c.scheduler.batch_size, 100000);
+  EXPECT_EQ(c.scheduler.idle_poll, 7s);
+  EXPECT_EQ(c.scheduler.shutdown_grace, 3s);
   EXPECT_EQ(c.status.file, "/tmp/status.json");
   EXPECT_EQ(c.log.level, "debug");
   EXPECT_EQ(c.log.format, "json");
+  EXPECT_EQ(c.log.summary_every, 1min);
 }
 
 TEST(ConfigParse, AcceptsEveryLogLevelAndFormat) {
@@ -441,7 +455,7 @@ TEST(ConfigErrors, UnknownKeyAtTopLevelSuggestsTheClosest) {
 TEST(ConfigErrors, UnknownKeyFarFromAnyListsTheAllowedKeys) {
   expect_errors({
       {"log:\n  level: info\n  colour: red\n",
-       "test.yaml:3: log.colour: unknown key (allowed: level, format)"},
+       "test.yaml:3: log.colour: unknown key (allowed: level, format, summary_every)"},
       {"features: {}\n",
        "test.yaml:1: features: unknown key (allowed: database, key, providers, http, retry, "
        "scheduler, status, log)"},

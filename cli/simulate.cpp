@@ -1,4 +1,4 @@
-// `tokenwarden demo`: the storage and scheduling core at work, without a network.
+// `tokenwarden simulate`: the storage and scheduling core at work, without a network.
 //
 // It makes a key, a database and six tokens in a fresh directory, then lets the real Scheduler,
 // Policy and SqliteTokenStore run weeks of schedule under a fake clock. Provider replies are
@@ -54,7 +54,7 @@ std::string random_secret(const std::string& prefix) {
   return s;
 }
 
-std::vector<Profile> demo_profiles(SysTime now) {
+std::vector<Profile> sample_profiles(SysTime now) {
   auto token = [](Provider p, TokenKind k, std::string ws, std::string account,
                   std::string scopes) { return NewToken{p, k, ws, account, scopes, {}, {}}; };
   std::vector<Profile> v;
@@ -131,18 +131,18 @@ class SimulatedProvider {
   std::map<std::string, bool> failed_once_;
 };
 
-Status make_demo_dir(std::string& dir) {
+Status make_dir(std::string& dir) {
   if (dir.empty()) {
-    std::string tmpl = "/tmp/tokenwarden-demo-XXXXXX";
+    std::string tmpl = "/tmp/tokenwarden-simulate-XXXXXX";
     if (mkdtemp(tmpl.data()) == nullptr) {
-      return Error(Errc::kIo, "cannot create a directory in /tmp for the demo");
+      return Error(Errc::kIo, "cannot create a directory in /tmp for the simulation");
     }
     dir = tmpl;
     return Ok();
   }
   std::error_code ec;
   if (std::filesystem::exists(dir, ec) && !std::filesystem::is_empty(dir, ec)) {
-    return Error(Errc::kAlreadyExists, "demo directory " + dir + " is not empty");
+    return Error(Errc::kAlreadyExists, "directory " + dir + " is not empty");
   }
   std::filesystem::create_directories(dir, ec);
   if (ec) return Error(Errc::kIo, "cannot create " + dir + ": " + ec.message());
@@ -175,26 +175,26 @@ std::string day_label(SysTime start, SysTime t) {
 
 }  // namespace
 
-int run_demo(const std::string& requested_dir, int days_to_run, CliEnv& env) {
+int run_simulation(const std::string& requested_dir, int days_to_run, CliEnv& env) {
   std::ostream& out = env.out;
   auto fail = [&env](const Error& e) {
-    env.err << "tokenwarden: demo failed: " << e.message() << "\n";
+    env.err << "tokenwarden: simulate failed: " << e.message() << "\n";
     return e.code() == Errc::kAlreadyExists ? kExitUsage : kExitFailure;
   };
 
   std::string dir = requested_dir;
-  if (auto st = make_demo_dir(dir); !st) return fail(st.error());
+  if (auto st = make_dir(dir); !st) return fail(st.error());
   const std::string key_path = dir + "/tokenwarden.key";
   const std::string db_path = dir + "/tokens.db";
   const std::string config_path = dir + "/tokenwarden.yaml";
 
-  out << "tokenwarden demo in " << dir << "\n\n1. Key\n";
+  out << "tokenwarden simulate in " << dir << "\n\n1. Key\n";
   auto key_id = write_new_key_file(key_path);
   if (!key_id) return fail(key_id.error());
   out << "   wrote a random 256-bit key, id " << *key_id << ", to " << key_path << " (mode 0600)\n";
   {
     std::ofstream cfg(config_path);
-    cfg << "# Written by `tokenwarden demo`: the demo's database and key.\n"
+    cfg << "# Written by `tokenwarden simulate`: its database and key.\n"
         << "database:\n  path: " << db_path << "\nkey:\n  file: " << key_path << "\n";
   }
   auto key = load_key_file(key_path);
@@ -213,7 +213,7 @@ int run_demo(const std::string& requested_dir, int days_to_run, CliEnv& env) {
 
   out << "\n2. Six tokens added (secrets are random stand-ins, encrypted before they are "
          "written)\n";
-  std::vector<Profile> profiles = demo_profiles(start);
+  std::vector<Profile> profiles = sample_profiles(start);
   std::map<std::string, const Profile*> by_id;
   for (const Profile& p : profiles) {
     TokenSecrets s;
@@ -240,7 +240,7 @@ int run_demo(const std::string& requested_dir, int days_to_run, CliEnv& env) {
 
   out << "\n3. " << days_to_run
       << " days of schedule under a fake clock (renewals and failures; checks are counted)\n";
-  Scheduler scheduler(**store, policy, clock, defaults.scheduler, "demo");
+  Scheduler scheduler(**store, policy, clock, defaults.scheduler, "simulate");
   const SysTime end = start + days(days_to_run);
   std::map<std::string, int> checks;
   int commits = 0;
@@ -305,7 +305,7 @@ int run_demo(const std::string& requested_dir, int days_to_run, CliEnv& env) {
   }
   std::size_t hits = count_plaintext_hits(files, issued);
   out << "\n5. Encryption: " << hits << " of " << issued.size()
-      << " plaintext secrets issued in this demo appear in the database files\n";
+      << " plaintext secrets issued in this simulation appear in the database files\n";
   for (auto& s : issued)
     wipe(s);
 

@@ -1,0 +1,68 @@
+#include "http/transport.h"
+
+#include "core/secret.h"
+
+namespace tw {
+
+std::string_view to_string(TransportError e) {
+  switch (e) {
+    case TransportError::kNone:
+      return "none";
+    case TransportError::kConnect:
+      return "connect";
+    case TransportError::kTimeout:
+      return "timeout";
+    case TransportError::kTls:
+      return "tls";
+    case TransportError::kReset:
+      return "reset";
+    case TransportError::kTooLarge:
+      return "too_large";
+    case TransportError::kCancelled:
+      return "cancelled";
+    case TransportError::kOther:
+      return "other";
+  }
+  return "unknown";
+}
+
+std::string url_encode(std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size() * 3);
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    const bool unreserved = (u >= 'A' && u <= 'Z') || (u >= 'a' && u <= 'z') ||
+                            (u >= '0' && u <= '9') || u == '-' || u == '.' || u == '_' || u == '~';
+    if (unreserved) {
+      out.push_back(c);
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[u >> 4]);
+      out.push_back(kHex[u & 0x0F]);
+    }
+  }
+  return out;
+}
+
+std::string form_encode(const std::vector<std::pair<std::string, std::string>>& fields) {
+  // Reserve the worst case up front so that growing never leaves an unwiped copy behind.
+  std::size_t worst = 0;
+  for (const auto& [name, value] : fields) {
+    worst += 3 * (name.size() + value.size()) + 2;
+  }
+  std::string out;
+  out.reserve(worst);
+  for (const auto& [name, value] : fields) {
+    if (!out.empty()) out.push_back('&');
+    out += url_encode(name);
+    out.push_back('=');
+    // The encoded value may be a secret: append it without leaving an unwiped temporary behind.
+    std::string encoded = url_encode(value);
+    out += encoded;
+    wipe(encoded);
+  }
+  return out;
+}
+
+}  // namespace tw

@@ -1,0 +1,53 @@
+// ProviderClient: one provider's renewal and health check over HTTP.
+//
+// Thread-safety: a client belongs to the event loop's single-threaded executor, like the
+// HttpTransport it uses; its callbacks run there.
+//
+// refresh() renews a token; check() asks the provider whether it is still valid (and may renew an
+// expired short-lived access token on the way, as Google's and TikTok's checks must). Each calls
+// `done` exactly once with an Outcome: new secrets and expiry on success, or a Failure classified
+// as permanent (the grant is dead: invalid_grant, Meta code 190...), revoked, transient (network,
+// timeouts, 5xx, 429 and rate-limit codes, with Retry-After), malformed (an unexpected body: logged
+// by a hash of the body, never as revoked) or configuration (our app credentials are wrong). A
+// 200 response carrying an error is an error; a 2xx response without an access token is a
+// failure. Provider facts follow /work/shared/providers.md; where it marks a fact unverified, the
+// code says so.
+//
+// Secrets travel in request bodies, headers or (Meta) query strings, never in HttpRequest::log_url,
+// and never in an Outcome's messages.
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "config/config.h"
+#include "core/outcome.h"
+#include "core/result.h"
+#include "core/token.h"
+#include "http/transport.h"
+#include "scheduler/clock.h"
+
+namespace tw {
+
+class ProviderClient {
+ public:
+  using Done = std::function<void(Outcome)>;
+
+  virtual ~ProviderClient() = default;
+  virtual Provider provider() const = 0;
+
+  virtual void refresh(const TokenRecord& token, const TokenSecrets& secrets, Done done) = 0;
+  virtual void check(const TokenRecord& token, const TokenSecrets& secrets, Done done) = 0;
+};
+
+// The clients for the enabled providers. Resolves each client secret reference now, so a missing
+// secret file or variable fails at start-up, naming it (Errc::kConfig). `http` and `clock` must
+// outlive the clients.
+Result<std::unique_ptr<ProviderClient>> make_meta_client(const MetaConfig& config,
+                                                         HttpTransport& http, const Clock& clock);
+Result<std::unique_ptr<ProviderClient>> make_google_client(const GoogleConfig& config,
+                                                           HttpTransport& http, const Clock& clock);
+Result<std::unique_ptr<ProviderClient>> make_tiktok_client(const TikTokConfig& config,
+                                                           HttpTransport& http, const Clock& clock);
+
+}  // namespace tw

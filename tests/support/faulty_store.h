@@ -1,0 +1,67 @@
+// FaultyStore: a TokenStore that forwards to a real one and fails on demand, for tests of what the
+// worker does when the database is busy or the disk is full.
+#pragma once
+
+#include "storage/token_store.h"
+
+namespace tw::testing {
+
+class FaultyStore final : public TokenStore {
+ public:
+  explicit FaultyStore(TokenStore& inner) : inner_(inner) {}
+
+  // The next `n` save() calls fail with `code` (kBusy: locked; kStorage: disk full, I/O error).
+  void fail_saves(int n, Errc code = Errc::kBusy) {
+    save_failures_ = n;
+    save_code_ = code;
+  }
+  int saves_refused() const { return saves_refused_; }
+
+  Result<UpsertResult> upsert(const NewToken& t, const TokenSecrets& s, SysTime now,
+                              const ScheduleFn& f) override {
+    return inner_.upsert(t, s, now, f);
+  }
+  Result<std::optional<TokenRecord>> find(std::string_view id) override { return inner_.find(id); }
+  Result<std::vector<TokenRecord>> list(const ListFilter& f) override { return inner_.list(f); }
+  Result<bool> remove(std::string_view id) override { return inner_.remove(id); }
+  Result<std::vector<StateCounts>> count_by_state() override { return inner_.count_by_state(); }
+  Result<TokenSecrets> read_secrets(const TokenRecord& r) override {
+    return inner_.read_secrets(r);
+  }
+  Result<std::optional<SysTime>> earliest_due(const ProviderSet& p) override {
+    return inner_.earliest_due(p);
+  }
+  Result<std::vector<DueToken>> claim_due(SysTime now, std::size_t limit, std::string_view owner,
+                                          Seconds lease, const ProviderSet& p) override {
+    return inner_.claim_due(now, limit, owner, lease, p);
+  }
+  Result<TokenRecord> claim(std::string_view id, SysTime now, std::string_view owner,
+                            Seconds lease) override {
+    return inner_.claim(id, now, owner, lease);
+  }
+  Result<std::size_t> extend_leases(const std::vector<LeaseRef>& l, std::string_view owner,
+                                    SysTime now, Seconds lease) override {
+    return inner_.extend_leases(l, owner, now, lease);
+  }
+  Status save(const TokenRecord& r, const TokenSecrets* s, std::string_view owner,
+              LeaseAction lease) override {
+    if (save_failures_ > 0) {
+      --save_failures_;
+      ++saves_refused_;
+      return Error(save_code_, "injected failure");
+    }
+    return inner_.save(r, s, owner, lease);
+  }
+  Result<std::size_t> rekey() override { return inner_.rekey(); }
+  Result<std::size_t> count_sealed_with_old_keys() override {
+    return inner_.count_sealed_with_old_keys();
+  }
+
+ private:
+  TokenStore& inner_;
+  int save_failures_ = 0;
+  Errc save_code_ = Errc::kBusy;
+  int saves_refused_ = 0;
+};
+
+}  // namespace tw::testing

@@ -1,0 +1,109 @@
+// Worker: the daemon's loop. It renews and checks due tokens through the provider clients.
+//
+// Thread-safety: none. A Worker lives on one single-threaded executor with the transport and the
+// provider clients; every method is called there and every callback runs there.
+//
+// The loop: one WakeTimer armed for the earliest due time of the providers that may be called
+// now (read from the store, which is the schedule). When it fires, the worker claims due tokens
+// up to its free capacity (max in flight), each under a lease, and runs them: read the secrets,
+// renew when renewal is due, then check when a check is due. Each outcome is committed through
+// the Scheduler before anything else happens with the token; a commit that fails (database busy,
+// disk full) is retried with backoff while the lease is held, so a rotated secret is never
+// dropped. Leases of tokens in flight are extended every lease/3, so a slow provider never lets
+// a second worker in.
+//
+// Per provider: a token bucket (requests_per_second, burst) paces requests; a circuit breaker
+// opens after breaker_failures transient failures in a row and its tokens are then put off, not
+// failed, until a probe succeeds; a provider's throttle hint (Meta's usage headers) pauses it.
+//
+// Logs: one line per renewal or check (token, provider, kind, workspace, outcome, latency, next due
+// times) and a summary every summary_every. Never a secret.
+//
+// stop(): no new claims; jobs waiting for a slot are released at once; requests in flight may
+// finish until the grace period ends; then `done` runs. The owner then shuts the transport down
+// (which cancels what is left: those tokens are released, not failed) and closes the store last.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>  // before Boost.Asio: Boost 1.74 + g++ 12 + C++20
+#include <vector>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <spdlog/logger.h>
+
+#include "config/config.h"
+#include "core/outcome.h"
+#include "providers/provider.h"
+#include "scheduler/clock.h"
+#include "scheduler/scheduler.h"
+#include "storage/token_store.h"
+#include "worker/limits.h"
+#include "worker/wake_timer.h"
+
+namespace tw {
+
+struct WorkerOptions {
+  SchedulerConfig scheduler;
+  int max_in_flight = 64;
+  std::map<Provider, ProviderLimits> limits;  // for each provider with a client
+  Seconds summary_every = std::chrono::minutes(5);
+};
+
+// What the worker has done since it started.
+struct WorkerStats {
+  std::uint64_t refreshes_ok = 0;
+  std::uint64_t checks_ok = 0;
+  std::map<ErrorClass, std::uint64_t> refresh_failures;
+  std::map<ErrorClass, std::uint64_t> check_failures;
+  std::uint64_t postponed = 0;        // put off by an open breaker
+  std::uint64_t commit_retries = 0;   // commits retried after busy or I/O errors
+  std::uint64_t results_dropped = 0;  // outcomes refused because the lease was lost
+};
+
+// The result of one forced operation (tokenwarden refresh / check).
+struct ForcedResult {
+  std::string id;
+  Operation op = Operation::kCheck;
+  bool ok = false;
+  std::string message;  // what happened, one line
+  TokenState state = TokenState::kActive;
+};
+
+class Worker {
+ public:
+  // `clients` holds the enabled providers; tokens of other providers are left alone. The store,
+  // scheduler, clients and clock must outlive the worker.
+  Worker(boost::asio::any_io_executor executor, Scheduler& scheduler, TokenStore& store,
+         std::vector<ProviderClient*> clients, const Clock& clock, WorkerOptions options,
+         std::shared_ptr<spdlog::logger> log, std::unique_ptr<WakeTimer> timer);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Starts the loop.
+  void start();
+  // See the file comment.
+  void stop(Seconds grace, std::function<void()> done);
+
+  // Runs `op` now on each token (refresh: tokens that cannot be renewed are reported so), whatever
+  // its due times, then calls `done` with one result per id, in order. A token leased by someone
+  // else is reported as busy. Does not need start().
+  void run_now(std::vector<std::string> ids, Operation op,
+               std::function<void(std::vector<ForcedResult>)> done);
+
+  const WorkerStats& stats() const { return stats_; }
+  std::size_t in_flight() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  WorkerStats stats_;
+};
+
+}  // namespace tw
