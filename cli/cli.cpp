@@ -409,6 +409,11 @@ int cmd_add(Invocation& inv, const AddArgs& args) {
                 << "); next refresh "
                 << (r.next_refresh_due ? format_time(*r.next_refresh_due) : "not scheduled")
                 << ", next check " << format_time(r.next_check_due) << "\n";
+    if (!kind_renewable(r.kind) && !kind_checkable(r.provider, r.kind)) {
+      inv.env.err << "tokenwarden: warning: tokenwarden stores " << to_string(r.provider) << " "
+                  << to_string(r.kind)
+                  << " tokens encrypted but can neither renew nor check them yet\n";
+    }
     if (!provider_enabled(config, r.provider)) {
       inv.env.err << "tokenwarden: warning: provider " << to_string(r.provider)
                   << " is not enabled in " << config.source
@@ -516,7 +521,8 @@ int cmd_run(Invocation& inv) {
   auto config = inv.config();
   if (!config) return report(inv.env, config.error());
   auto log = make_logger("tokenwarden", config->log);
-  auto daemon = Daemon::build(*config, inv.env.credentials_directory, process_owner(), log);
+  auto daemon = Daemon::build(*config, inv.env.credentials_directory, process_owner(), log,
+                              OpenMode::kCreate);
   if (!daemon) {
     log->critical("cannot start: {}", daemon.error().message());
     return exit_code_for(daemon.error());
@@ -552,7 +558,8 @@ int cmd_forced(Invocation& inv, const ForcedArgs& args, Operation op) {
   LogConfig quiet = config->log;
   if (!args.verbose) quiet.level = "warn";
   auto log = make_logger("tokenwarden", quiet);
-  auto built = Daemon::build(*config, inv.env.credentials_directory, process_owner("cli:"), log);
+  auto built = Daemon::build(*config, inv.env.credentials_directory, process_owner("cli:"), log,
+                             OpenMode::kExisting);
   if (!built) return report(inv.env, built.error());
   Daemon& d = **built;
 
@@ -574,12 +581,15 @@ int cmd_forced(Invocation& inv, const ForcedArgs& args, Operation op) {
   }
   int code = kExitOk;
   d.worker->run_now(ids, op, [&](std::vector<ForcedResult> results) {
+    bool failed = false, missing = false;
     for (const ForcedResult& r : results) {
-      inv.env.out << r.id << "  " << to_string(op) << "  " << (r.ok ? "ok" : "FAILED") << "  "
+      const bool ok = r.status == ForcedResult::Status::kOk;
+      inv.env.out << r.id << "  " << to_string(op) << "  " << (ok ? "ok" : "FAILED") << "  "
                   << to_string(r.state) << "  " << r.message << "\n";
-      if (!r.ok)
-        code = r.message == "no such token" && code == kExitOk ? kExitNotFound : kExitFailure;
+      missing = missing || r.status == ForcedResult::Status::kNotFound;
+      failed = failed || (!ok && r.status != ForcedResult::Status::kNotFound);
     }
+    code = failed ? kExitFailure : missing ? kExitNotFound : kExitOk;
     d.http->shutdown();
     boost::asio::post(d.io, [&d] { d.io.stop(); });
   });

@@ -1,9 +1,9 @@
 #include "core/fs.h"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <system_error>
+
+#include <unistd.h>
 
 namespace tw {
 
@@ -15,14 +15,18 @@ UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
   return *this;
 }
 
-UniqueFd::~UniqueFd() { close(); }
+UniqueFd::~UniqueFd() {
+  close();
+}
 
 int UniqueFd::close() {
   if (fd_ < 0) return 0;
   return ::close(std::exchange(fd_, -1));
 }
 
-std::string errno_text(int err) { return std::generic_category().message(err); }
+std::string errno_text(int err) {
+  return std::generic_category().message(err);
+}
 
 std::string to_hex(std::span<const unsigned char> bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";

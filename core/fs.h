@@ -3,12 +3,12 @@
 // Thread-safety: a UniqueFd is owned by one thread; the functions are reentrant.
 #pragma once
 
-#include <sys/types.h>
-
 #include <span>
 #include <string>
 #include <string_view>
 #include <utility>
+
+#include <sys/types.h>
 
 #include "core/result.h"
 

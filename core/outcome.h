@@ -36,6 +36,9 @@ struct Outcome {
   // The provider asks everyone to slow down for this long (Meta's usage headers near 100%, a
   // rate-limit code): the worker pauses all requests to this provider, not just this token's.
   std::optional<Seconds> throttle;
+  // A check whose stored access token was refused: a renewal may cure it. The worker renews,
+  // commits, and checks once more; if it already has, `failure` stands.
+  bool renew_and_retry = false;
 
   static Outcome success(Operation op) {
     Outcome o;

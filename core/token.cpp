@@ -114,6 +114,20 @@ bool kind_renewable(TokenKind kind) {
   return kind != TokenKind::kClientCredentials && kind != TokenKind::kApiKey;
 }
 
+bool kind_checkable(Provider provider, TokenKind kind) {
+  switch (provider) {
+    case Provider::kMeta:
+      // debug_token inspects any token, the app's own client-credentials token included.
+      return kind == TokenKind::kPageToken || kind == TokenKind::kUserToken ||
+             kind == TokenKind::kClientCredentials;
+    case Provider::kGoogle:
+      return kind == TokenKind::kRefreshToken;
+    case Provider::kTikTok:
+      return kind == TokenKind::kRefreshToken || kind == TokenKind::kBusinessToken;
+  }
+  return false;
+}
+
 bool kind_needs_refresh_secret(TokenKind kind) {
   return kind == TokenKind::kRefreshToken || kind == TokenKind::kBusinessToken;
 }

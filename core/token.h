@@ -62,6 +62,8 @@ std::optional<Operation> parse_operation(std::string_view s);
 bool kind_allowed(Provider provider, TokenKind kind);
 // Whether tokenwarden renews tokens of this kind (false: only health-checked).
 bool kind_renewable(TokenKind kind);
+// Whether tokenwarden can health-check tokens of this kind at this provider.
+bool kind_checkable(Provider provider, TokenKind kind);
 // Whether a token of this kind must carry a refresh secret to be renewed.
 bool kind_needs_refresh_secret(TokenKind kind);
 

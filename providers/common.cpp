@@ -122,6 +122,16 @@ Failure http_status_failure(const HttpResponse& r, std::string_view endpoint, Sy
                  std::string(endpoint) + ": HTTP " + std::to_string(r.status), retry_after(r, now)};
 }
 
+JsonReply json_reply(const HttpResponse& r, std::string_view endpoint, SysTime now) {
+  if (auto f = transport_failure(r, endpoint)) return {std::nullopt, std::move(f)};
+  auto doc = parse_json(r.body);
+  if (doc && doc->is_object()) return {std::move(doc), std::nullopt};
+  if (r.status == 429 || r.status >= 500) {
+    return {std::nullopt, http_status_failure(r, endpoint, now)};
+  }
+  return {std::nullopt, malformed(r, endpoint, "not a JSON object")};
+}
+
 std::optional<nlohmann::json> parse_json(const std::string& body) {
   auto doc = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded()) return std::nullopt;

@@ -49,6 +49,15 @@ Failure malformed(const HttpResponse& r, std::string_view endpoint, std::string_
 // 429 and 5xx (and any other status the caller has no rule for): transient, honouring Retry-After.
 Failure http_status_failure(const HttpResponse& r, std::string_view endpoint, SysTime now);
 
+// The JSON object of a reply, or the Failure that ends here: a transport failure; a body that is
+// not a JSON object (an HTML error page, truncated, empty) is transient on 429/5xx, with
+// Retry-After, and malformed otherwise.
+struct JsonReply {
+  std::optional<nlohmann::json> json;
+  std::optional<Failure> failure;
+};
+JsonReply json_reply(const HttpResponse& r, std::string_view endpoint, SysTime now);
+
 // The body as JSON, or nullopt when it is not JSON (an HTML error page, truncated, empty).
 std::optional<nlohmann::json> parse_json(const std::string& body);
 
@@ -70,5 +79,17 @@ Outcome failed(Operation op, Failure f);
 
 // Wipes a response body that held secrets.
 void wipe_body(HttpResponse& r);
+
+// Wipes a response's body when the scope that read it ends.
+class WipeBodyOnExit {
+ public:
+  explicit WipeBodyOnExit(HttpResponse& r) : r_(r) {}
+  ~WipeBodyOnExit() { wipe_body(r_); }
+  WipeBodyOnExit(const WipeBodyOnExit&) = delete;
+  WipeBodyOnExit& operator=(const WipeBodyOnExit&) = delete;
+
+ private:
+  HttpResponse& r_;
+};
 
 }  // namespace tw::providers

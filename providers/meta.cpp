@@ -107,6 +107,11 @@ class MetaClient final : public ProviderClient {
 
   Provider provider() const override { return Provider::kMeta; }
 
+  int requests(Operation op, const TokenRecord& token) const override {
+    // A Page renewal exchanges the user token, then reads the Page token.
+    return op == Operation::kRefresh && token.kind == TokenKind::kPageToken ? 2 : 1;
+  }
+
   void refresh(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {
     const bool page = token.kind == TokenKind::kPageToken;
     if (!page && token.kind != TokenKind::kUserToken) {
@@ -150,10 +155,16 @@ class MetaClient final : public ProviderClient {
     return config_.graph_base_url + "/" + config_.api_version + std::string(path);
   }
 
+  // Who a top-level error object speaks about.
+  enum class ErrorsAbout { kToken, kApp };
+
   // Common handling of a Graph reply: transport failures, usage headers, error objects, and the
-  // JSON body on success. Returns the body, or sets `failed`.
+  // JSON body on success. Returns the body, or sets `failed`. On debug_token, a top-level error
+  // is about our app token (the customer's token is judged by data.is_valid): kApp makes it a
+  // configuration failure, never the customer's revocation.
   std::optional<nlohmann::json> read(HttpResponse& r, std::string_view endpoint, Outcome& failed,
-                                     std::initializer_list<const Secret*> secrets) const {
+                                     std::initializer_list<const Secret*> secrets,
+                                     ErrorsAbout about = ErrorsAbout::kToken) const {
     failed.throttle = throttle_for(read_usage(r));
     if (auto f = providers::transport_failure(r, endpoint)) {
       failed.ok = false;
@@ -164,6 +175,11 @@ class MetaClient final : public ProviderClient {
     if (doc && doc->is_object() && doc->contains("error") && (*doc)["error"].is_object()) {
       failed.ok = false;
       failed.failure = classify_error((*doc)["error"], endpoint, secrets);
+      if (about == ErrorsAbout::kApp && (failed.failure.error_class == ErrorClass::kPermanent ||
+                                         failed.failure.error_class == ErrorClass::kRevoked)) {
+        failed.failure.error_class = ErrorClass::kConfiguration;
+        failed.failure.message += " (the app token was refused: check app_id and app_secret)";
+      }
       if (rate_limit_code(providers::int_field((*doc)["error"], "code").value_or(0)) &&
           !failed.throttle) {
         failed.throttle = Seconds{300};  // a rate limit with no usage hint: pause five minutes
@@ -193,14 +209,15 @@ class MetaClient final : public ProviderClient {
          Param{"fb_exchange_token", user_token.reveal(), true}});
     http_.send(std::move(req), [this, old = Secret(user_token),
                                 done = std::move(done)](HttpResponse r) mutable {
+      providers::WipeBodyOnExit wipe(r);
       Outcome o = Outcome::success(Operation::kRefresh);
       auto doc = read(r, kExchange, o, {&old, &app_secret_});
-      providers::wipe_body(r);
       if (!doc) return done(std::move(o));
       Secret fresh = providers::take_secret(*doc, "access_token");
       if (fresh.empty()) {
-        return done(Outcome::failed(Operation::kRefresh, ErrorClass::kMalformed,
-                                    std::string(kExchange) + ": no access_token in the reply"));
+        o.ok = false;
+        o.failure = providers::malformed(r, kExchange, "no access_token");
+        return done(std::move(o));
       }
       o.secrets = TokenSecrets{std::move(fresh), Secret()};
       if (auto in = providers::int_field(*doc, "expires_in"); in && *in > 0) {
@@ -225,9 +242,9 @@ class MetaClient final : public ProviderClient {
         {Param{"fields", "access_token"}, Param{"access_token", user.reveal(), true}});
     http_.send(std::move(req), [this, user, so_far = std::move(so_far),
                                 done = std::move(done)](HttpResponse r) mutable {
+      providers::WipeBodyOnExit wipe(r);
       Outcome step = Outcome::success(Operation::kRefresh);
       auto doc = read(r, kPage, step, {&user, &app_secret_});
-      providers::wipe_body(r);
       if (step.throttle && (!so_far.throttle || *step.throttle > *so_far.throttle)) {
         so_far.throttle = step.throttle;
       }
@@ -239,11 +256,15 @@ class MetaClient final : public ProviderClient {
       Secret page = providers::take_secret(*doc, "access_token");
       if (page.empty()) {
         so_far.ok = false;
-        so_far.failure = Failure{ErrorClass::kPermanent,
-                                 std::string(kPage) +
-                                     ": no access_token for the Page (is the user still "
-                                     "an admin of it?)",
-                                 std::nullopt};
+        // The Page answered without a token: the user lost the role that grants one [L]. Any
+        // other reply without a token (an empty object from a proxy) proves nothing.
+        so_far.failure = doc->contains("id")
+                             ? Failure{ErrorClass::kPermanent,
+                                       std::string(kPage) +
+                                           ": the Page gives this user no access_token (is "
+                                           "the user still an admin of it?)",
+                                       std::nullopt}
+                             : providers::malformed(r, kPage, "no id and no access_token");
         return done(std::move(so_far));
       }
       so_far.secrets->access_token = std::move(page);
@@ -259,9 +280,9 @@ class MetaClient final : public ProviderClient {
                                              Param{"access_token", app_token_.reveal(), true}});
     http_.send(std::move(req), [this, input = Secret(input),
                                 done = std::move(done)](HttpResponse r) mutable {
+      providers::WipeBodyOnExit wipe(r);
       Outcome o = Outcome::success(Operation::kRefresh);
-      auto doc = read(r, kDebug, o, {&input, &app_secret_});
-      providers::wipe_body(r);
+      auto doc = read(r, kDebug, o, {&input, &app_secret_}, ErrorsAbout::kApp);
       if (!doc) return done(std::move(o));
       const nlohmann::json& data = doc->value("data", nlohmann::json());
       if (!data.is_object() || !data.contains("is_valid")) {

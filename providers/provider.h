@@ -1,11 +1,15 @@
 // ProviderClient: one provider's renewal and health check over HTTP.
 //
 // Thread-safety: a client belongs to the event loop's single-threaded executor, like the
-// HttpTransport it uses; its callbacks run there.
+// HttpTransport it uses; its callbacks run there. It must outlive its operations in flight.
 //
-// refresh() renews a token; check() asks the provider whether it is still valid (and may renew an
-// expired short-lived access token on the way, as Google's and TikTok's checks must). Each calls
-// `done` exactly once with an Outcome: new secrets and expiry on success, or a Failure classified
+// refresh() renews a token; check() asks the provider whether it is still valid, with the stored
+// access token. A client never uses a renewed secret for a further request itself: when a check
+// needs a fresh access token first (renew_before_check), or the provider refused the stored one
+// (Outcome::renew_and_retry), the worker renews, commits the new secrets, and only then checks.
+// (Meta's Page renewal is two requests in one operation; the user token it holds in between is
+// not rotated: the old one stays valid [V].) Each operation calls `done` exactly once with an
+// Outcome: new secrets and expiry on success, or a Failure classified
 // as permanent (the grant is dead: invalid_grant, Meta code 190...), revoked, transient (network,
 // timeouts, 5xx, 429 and rate-limit codes, with Retry-After), malformed (an unexpected body: logged
 // by a hash of the body, never as revoked) or configuration (our app credentials are wrong). A
@@ -38,6 +42,19 @@ class ProviderClient {
 
   virtual void refresh(const TokenRecord& token, const TokenSecrets& secrets, Done done) = 0;
   virtual void check(const TokenRecord& token, const TokenSecrets& secrets, Done done) = 0;
+
+  // Whether a check of `token` needs a renewal first (its access token expired, or there is none).
+  virtual bool renew_before_check(const TokenRecord& token, const TokenSecrets& secrets) const {
+    (void)token;
+    (void)secrets;
+    return false;
+  }
+  // How many requests `op` on `token` sends: its cost in the provider's rate budget.
+  virtual int requests(Operation op, const TokenRecord& token) const {
+    (void)op;
+    (void)token;
+    return 1;
+  }
 };
 
 // The clients for the enabled providers. Resolves each client secret reference now, so a missing

@@ -1,13 +1,14 @@
 // TikTok: Login Kit / Open API v2 refresh tokens and API for Business tokens (providers.md 3).
 //
 // v2 (kind refresh_token): POST {open_api}/v2/oauth/token/ with the refresh token; it ROTATES: the
-// previous refresh token stops working once a new one is issued [V], so the new pair must be
-// committed before anything else. The check calls /v2/user/info/; access_token_invalid means
-// "refresh once; if that fails, permanent" [V]; an expired access token is renewed first.
+// previous refresh token stops working once a new one is issued [V], so the worker commits the
+// new pair before anything else. The check calls /v2/user/info/ with the stored access token;
+// access_token_invalid means "refresh once; if that fails, permanent" [V], which the worker does
+// (renew_and_retry). An expired access token is renewed before a check (renew_before_check).
 // Business (kind business_token): POST {business_api}/open_api/v1.3/tt_user/oauth2/refresh_token/
-// with a JSON body [L]; errors come with HTTP 200 and code != 0 [L]: 40105 the token is revoked,
-// 40100 rate limiting [U], 40101 a bad app id or secret [L]. The check introspects the token with
-// /tt_user/token_info/get/ [L].
+// with a JSON body [L]; errors come with HTTP 200 and code != 0 [L]: 40105 the token is incorrect
+// or revoked ("permanent, or refresh first"), 40100 rate limiting [U], 40101 a bad app id or
+// secret [L]. The check introspects the access token with /tt_user/token_info/get/ [L].
 #include <memory>
 #include <utility>
 
@@ -29,6 +30,30 @@ constexpr std::int64_t kBizRevoked = 40105;
 constexpr std::int64_t kBizRateLimited = 40100;  // one SDK's reading; other lists disagree [U]
 constexpr std::int64_t kBizBadApp = 40101;
 
+// A JSON body whose secret fields are filled in place, so no unwiped temporary copy is left.
+class SecretJson {
+ public:
+  SecretJson& set(const char* key, std::string_view value) {
+    body_[key] = std::string();
+    body_[key].get_ref<std::string&>().assign(value.data(), value.size());
+    secret_keys_.push_back(key);
+    return *this;
+  }
+  SecretJson& plain(const char* key, const std::string& value) {
+    body_[key] = value;
+    return *this;
+  }
+  const nlohmann::json& json() const { return body_; }
+  ~SecretJson() {
+    for (const char* k : secret_keys_)
+      providers::take_secret(body_, k);
+  }
+
+ private:
+  nlohmann::json body_ = nlohmann::json::object();
+  std::vector<const char*> secret_keys_;
+};
+
 class TikTokClient final : public ProviderClient {
  public:
   TikTokClient(const TikTokConfig& config, Secret client_secret, Secret business_secret,
@@ -41,11 +66,32 @@ class TikTokClient final : public ProviderClient {
 
   Provider provider() const override { return Provider::kTikTok; }
 
+  bool renew_before_check(const TokenRecord& token, const TokenSecrets& secrets) const override {
+    if (token.kind != TokenKind::kRefreshToken && token.kind != TokenKind::kBusinessToken) {
+      return false;
+    }
+    return secrets.access_token.empty() || !token.expires_at ||
+           *token.expires_at <= clock_.now() + kExpirySlack;
+  }
+
   void refresh(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {
-    if (token.kind == TokenKind::kRefreshToken)
-      return v2_refresh(secrets.refresh_token, std::move(done));
+    if (token.kind == TokenKind::kRefreshToken) {
+      return send(
+          providers::post_form(config_.open_api_base_url + "/v2/oauth/token/",
+                               {Param{"client_key", config_.client_key},
+                                Param{"client_secret", client_secret_.reveal(), true},
+                                Param{"grant_type", "refresh_token"},
+                                Param{"refresh_token", secrets.refresh_token.reveal(), true}}),
+          secrets.refresh_token, &TikTokClient::read_v2_token, std::move(done));
+    }
     if (token.kind == TokenKind::kBusinessToken) {
-      return business_refresh(secrets.refresh_token, std::move(done));
+      SecretJson body;
+      body.plain("client_id", config_.business_app_id)
+          .set("client_secret", business_secret_.reveal())
+          .plain("grant_type", "refresh_token")
+          .set("refresh_token", secrets.refresh_token.reveal());
+      return send(providers::post_json(business_url("/tt_user/oauth2/refresh_token/"), body.json()),
+                  secrets.refresh_token, &TikTokClient::read_business_token, std::move(done));
     }
     done(Outcome::failed(
         Operation::kRefresh, ErrorClass::kConfiguration,
@@ -53,55 +99,54 @@ class TikTokClient final : public ProviderClient {
   }
 
   void check(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {
+    if (token.kind == TokenKind::kRefreshToken) {
+      HttpRequest req = providers::get(config_.open_api_base_url + "/v2/user/info/",
+                                       {Param{"fields", "open_id,display_name"}});
+      providers::add_bearer(req, secrets.access_token);
+      return send(std::move(req), secrets.access_token, &TikTokClient::read_user_info,
+                  std::move(done));
+    }
     if (token.kind == TokenKind::kBusinessToken) {
-      return business_info(secrets.access_token, std::move(done));
+      SecretJson body;
+      body.plain("app_id", config_.business_app_id)
+          .set("access_token", secrets.access_token.reveal());
+      return send(providers::post_json(business_url("/tt_user/token_info/get/"), body.json()),
+                  secrets.access_token, &TikTokClient::read_business_info, std::move(done));
     }
-    if (token.kind != TokenKind::kRefreshToken) {
-      return done(Outcome::failed(
-          Operation::kCheck, ErrorClass::kConfiguration,
-          "no health check for tiktok " + std::string(to_string(token.kind)) + " tokens yet"));
-    }
-    const bool expired = secrets.access_token.empty() || !token.expires_at ||
-                         *token.expires_at <= clock_.now() + kExpirySlack;
-    if (expired) return renew_then_user_info(secrets.refresh_token, std::move(done));
-    user_info(secrets.access_token, /*fresh=*/false, secrets.refresh_token,
-              Outcome::success(Operation::kCheck), std::move(done));
+    done(Outcome::failed(
+        Operation::kCheck, ErrorClass::kConfiguration,
+        "no health check for tiktok " + std::string(to_string(token.kind)) + " tokens"));
   }
 
  private:
-  // --- Open API v2 -------------------------------------------------------------------------------
+  using Reader = Outcome (TikTokClient::*)(HttpResponse&, const Secret&) const;
 
-  void v2_refresh(const Secret& refresh_token, Done done) {
-    HttpRequest req = providers::post_form(config_.open_api_base_url + "/v2/oauth/token/",
-                                           {Param{"client_key", config_.client_key},
-                                            Param{"client_secret", client_secret_.reveal(), true},
-                                            Param{"grant_type", "refresh_token"},
-                                            Param{"refresh_token", refresh_token.reveal(), true}});
+  // Sends `req`; `read` turns the reply into the outcome; `sent` is the secret the request
+  // carried (masked in any message).
+  void send(HttpRequest req, const Secret& sent, Reader read, Done done) {
     http_.send(std::move(req),
-               [this, old = Secret(refresh_token), done = std::move(done)](HttpResponse r) {
-                 Outcome o = read_v2_token(r, old);
+               [this, sent = Secret(sent), read, done = std::move(done)](HttpResponse r) {
+                 Outcome o = (this->*read)(r, sent);
                  providers::wipe_body(r);
                  done(std::move(o));
                });
   }
 
+  std::string business_url(std::string_view path) const {
+    return config_.business_api_base_url + "/open_api/v1.3" + std::string(path);
+  }
+
+  // --- Open API v2 ---------------------------------------------------------------------------
+
   Outcome read_v2_token(HttpResponse& r, const Secret& old) const {
     const SysTime now = clock_.now();
-    if (auto f = providers::transport_failure(r, kV2Token))
-      return providers::failed(Operation::kRefresh, *f);
-    auto doc = providers::parse_json(r.body);
-    if (!doc || !doc->is_object()) {
-      if (r.status == 429 || r.status >= 500) {
-        return providers::failed(Operation::kRefresh,
-                                 providers::http_status_failure(r, kV2Token, now));
-      }
-      return providers::failed(Operation::kRefresh,
-                               providers::malformed(r, kV2Token, "not a JSON object"));
-    }
+    auto reply = providers::json_reply(r, kV2Token, now);
+    if (reply.failure) return providers::failed(Operation::kRefresh, std::move(*reply.failure));
+    nlohmann::json& doc = *reply.json;
     // OAuth errors: {"error": "invalid_grant", "error_description": ..}; their HTTP status is [U].
-    if (auto error = providers::string_field(*doc, "error"); !error.empty()) {
+    if (auto error = providers::string_field(doc, "error"); !error.empty()) {
       const std::string why = error + ": " +
-                              providers::scrub(providers::string_field(*doc, "error_description"),
+                              providers::scrub(providers::string_field(doc, "error_description"),
                                                {&old, &client_secret_});
       if (error == "invalid_grant") {
         // Invalid, expired, revoked or already used [V].
@@ -121,97 +166,43 @@ class TikTokClient final : public ProviderClient {
       return providers::failed(Operation::kRefresh,
                                providers::http_status_failure(r, kV2Token, now));
     }
-    return token_pair(r, *doc, kV2Token, "refresh_expires_in");
+    return token_pair(r, doc, kV2Token, "refresh_expires_in");
   }
 
-  // A new token pair from `data` (v2 reply or Business `data`).
-  Outcome token_pair(const HttpResponse& r, nlohmann::json& data, std::string_view endpoint,
-                     const char* refresh_expiry_field) const {
+  Outcome read_user_info(HttpResponse& r, const Secret& access) const {
     const SysTime now = clock_.now();
-    TokenSecrets fresh;
-    fresh.access_token = providers::take_secret(data, "access_token");
-    fresh.refresh_token = providers::take_secret(data, "refresh_token");
-    if (fresh.access_token.empty()) {
-      // A rotated refresh token alone is still worth keeping: the old one may be dead already.
-      Outcome o = providers::failed(Operation::kRefresh,
-                                    providers::malformed(r, endpoint, "no access_token"));
-      if (!fresh.refresh_token.empty()) o.secrets = std::move(fresh);
+    if (auto f = providers::transport_failure(r, kV2UserInfo)) {
+      return providers::failed(Operation::kCheck, std::move(*f));
+    }
+    auto doc = providers::parse_json(r.body);
+    const nlohmann::json error =
+        doc && doc->is_object() ? doc->value("error", nlohmann::json()) : nlohmann::json();
+    const std::string code = providers::string_field(error, "code");
+    if (code == "ok" && r.status == 200) return Outcome::success(Operation::kCheck);
+    const std::string why = std::string(kV2UserInfo) + ": " + code + " " +
+                            providers::scrub(providers::string_field(error, "message"), {&access});
+    if (code == "access_token_invalid") {
+      Outcome o = Outcome::failed(Operation::kCheck, ErrorClass::kPermanent, why);
+      o.renew_and_retry = true;  // refresh once; if that fails, permanent [V]
       return o;
     }
-    Outcome o = Outcome::success(Operation::kRefresh);
-    if (!fresh.refresh_token.empty()) o.note = "refresh token rotated";
-    if (auto in = providers::int_field(data, "expires_in"); in && *in > 0) {
-      o.expires_at = now + Seconds{*in};
+    if (code == "scope_not_authorized" || code == "scope_permission_missed") {
+      return Outcome::failed(Operation::kCheck, ErrorClass::kPermanent, why);
     }
-    if (auto in = providers::int_field(data, refresh_expiry_field); in && *in > 0) {
-      o.refresh_expires_at = now + Seconds{*in};
+    if (code == "rate_limit_exceeded" || code == "internal_error" || r.status == 429 ||
+        r.status >= 500) {
+      Failure f = providers::http_status_failure(r, kV2UserInfo, now);
+      f.message = why + " (HTTP " + std::to_string(r.status) + ")";
+      return providers::failed(Operation::kCheck, std::move(f));
     }
-    if (auto scope = providers::string_field(data, "scope"); !scope.empty()) o.scopes = scope;
-    o.secrets = std::move(fresh);
-    return o;
-  }
-
-  void renew_then_user_info(const Secret& refresh_token, Done done) {
-    v2_refresh(refresh_token, [this, done = std::move(done)](Outcome renewed) mutable {
-      renewed.op = Operation::kCheck;
-      if (!renewed.ok) return done(std::move(renewed));
-      const Secret access = renewed.secrets->access_token;
-      const Secret refresh = renewed.secrets->refresh_token;
-      user_info(access, /*fresh=*/true, refresh, std::move(renewed), std::move(done));
-    });
-  }
-
-  // GET /v2/user/info/. `so_far` may carry renewed secrets, kept whatever this call says.
-  void user_info(const Secret& access, bool fresh, const Secret& refresh, Outcome so_far,
-                 Done done) {
-    HttpRequest req = providers::get(config_.open_api_base_url + "/v2/user/info/",
-                                     {Param{"fields", "open_id,display_name"}});
-    providers::add_bearer(req, access);
-    http_.send(std::move(req), [this, fresh, access = Secret(access), refresh = Secret(refresh),
-                                so_far = std::move(so_far),
-                                done = std::move(done)](HttpResponse r) mutable {
-      const SysTime now = clock_.now();
-      auto fail = [&so_far](Failure f) {
-        so_far.ok = false;
-        so_far.failure = std::move(f);
-        return std::move(so_far);
-      };
-      if (auto f = providers::transport_failure(r, kV2UserInfo)) return done(fail(*f));
-      auto doc = providers::parse_json(r.body);
-      providers::wipe_body(r);
-      const nlohmann::json error =
-          doc && doc->is_object() ? doc->value("error", nlohmann::json()) : nlohmann::json();
-      const std::string code = providers::string_field(error, "code");
-      if (code == "ok" && r.status == 200) {
-        so_far.ok = true;
-        return done(std::move(so_far));
-      }
-      const std::string why =
-          std::string(kV2UserInfo) + ": " + code + " " +
-          providers::scrub(providers::string_field(error, "message"), {&access, &refresh});
-      if (code == "access_token_invalid") {
-        if (fresh) return done(fail(Failure{ErrorClass::kPermanent, why, std::nullopt}));
-        return renew_then_user_info(refresh, std::move(done));  // refresh once [V]
-      }
-      if (code == "scope_not_authorized" || code == "scope_permission_missed") {
-        return done(fail(Failure{ErrorClass::kPermanent, why, std::nullopt}));
-      }
-      if (code == "rate_limit_exceeded" || code == "internal_error" || r.status == 429 ||
-          r.status >= 500) {
-        Failure f = providers::http_status_failure(r, kV2UserInfo, now);
-        f.message = why + " (HTTP " + std::to_string(r.status) + ")";
-        return done(fail(std::move(f)));
-      }
-      if (code.empty()) return done(fail(providers::malformed(r, kV2UserInfo, "no error.code")));
-      done(fail(Failure{ErrorClass::kConfiguration, why, std::nullopt}));  // invalid_params etc.
-    });
+    if (code.empty()) {
+      return providers::failed(Operation::kCheck,
+                               providers::malformed(r, kV2UserInfo, "no error.code"));
+    }
+    return Outcome::failed(Operation::kCheck, ErrorClass::kConfiguration, why);  // invalid_params
   }
 
   // --- API for Business ------------------------------------------------------------------------
-
-  std::string business_url(std::string_view path) const {
-    return config_.business_api_base_url + "/open_api/v1.3" + std::string(path);
-  }
 
   // The {code, message, data} envelope: a Failure for code != 0 (errors arrive with HTTP 200).
   std::optional<Failure> business_error(const HttpResponse& r, const nlohmann::json& doc,
@@ -229,71 +220,59 @@ class TikTokClient final : public ProviderClient {
     return Failure{ErrorClass::kTransient, why + " (unrecognised code)", std::nullopt};
   }
 
-  void business_refresh(const Secret& refresh_token, Done done) {
-    nlohmann::json body{{"client_id", config_.business_app_id},
-                        {"client_secret", std::string(business_secret_.reveal())},
-                        {"grant_type", "refresh_token"},
-                        {"refresh_token", std::string(refresh_token.reveal())}};
-    HttpRequest req = providers::post_json(business_url("/tt_user/oauth2/refresh_token/"), body);
-    providers::take_secret(body, "client_secret");
-    providers::take_secret(body, "refresh_token");
-    http_.send(std::move(req),
-               [this, old = Secret(refresh_token), done = std::move(done)](HttpResponse r) {
-                 Outcome o = read_business_token(r, old);
-                 providers::wipe_body(r);
-                 done(std::move(o));
-               });
-  }
-
   Outcome read_business_token(HttpResponse& r, const Secret& old) const {
-    if (auto f = providers::transport_failure(r, kBizRefresh)) {
-      return providers::failed(Operation::kRefresh, *f);
+    auto reply = providers::json_reply(r, kBizRefresh, clock_.now());
+    if (reply.failure) return providers::failed(Operation::kRefresh, std::move(*reply.failure));
+    nlohmann::json& doc = *reply.json;
+    if (auto f = business_error(r, doc, kBizRefresh, {&old, &business_secret_})) {
+      return providers::failed(Operation::kRefresh, std::move(*f));
     }
-    auto doc = providers::parse_json(r.body);
-    if (!doc || !doc->is_object()) {
-      if (r.status == 429 || r.status >= 500) {
-        return providers::failed(Operation::kRefresh,
-                                 providers::http_status_failure(r, kBizRefresh, clock_.now()));
-      }
-      return providers::failed(Operation::kRefresh,
-                               providers::malformed(r, kBizRefresh, "not a JSON object"));
-    }
-    if (auto f = business_error(r, *doc, kBizRefresh, {&old, &business_secret_})) {
-      return providers::failed(Operation::kRefresh, *f);
-    }
-    auto data = doc->value("data", nlohmann::json());
-    if (!data.is_object()) {
+    auto it = doc.find("data");
+    if (it == doc.end() || !it->is_object()) {
       return providers::failed(Operation::kRefresh,
                                providers::malformed(r, kBizRefresh, "no data"));
     }
-    Outcome o = token_pair(r, data, kBizRefresh, "refresh_token_expires_in");
-    providers::take_secret((*doc)["data"], "access_token");
-    providers::take_secret((*doc)["data"], "refresh_token");
-    return o;
+    return token_pair(r, *it, kBizRefresh, "refresh_token_expires_in");
   }
 
-  void business_info(const Secret& access, Done done) {
-    nlohmann::json body{{"app_id", config_.business_app_id},
-                        {"access_token", std::string(access.reveal())}};
-    HttpRequest req = providers::post_json(business_url("/tt_user/token_info/get/"), body);
-    providers::take_secret(body, "access_token");
-    http_.send(
-        std::move(req), [this, access = Secret(access), done = std::move(done)](HttpResponse r) {
-          Outcome o = Outcome::success(Operation::kCheck);
-          auto doc = providers::parse_json(r.body);
-          if (auto f = providers::transport_failure(r, kBizInfo)) {
-            o = providers::failed(Operation::kCheck, *f);
-          } else if (!doc || !doc->is_object()) {
-            o = providers::failed(Operation::kCheck,
-                                  r.status == 429 || r.status >= 500
-                                      ? providers::http_status_failure(r, kBizInfo, clock_.now())
-                                      : providers::malformed(r, kBizInfo, "not a JSON object"));
-          } else if (auto f = business_error(r, *doc, kBizInfo, {&access, &business_secret_})) {
-            o = providers::failed(Operation::kCheck, *f);
-          }
-          providers::wipe_body(r);
-          done(std::move(o));
-        });
+  Outcome read_business_info(HttpResponse& r, const Secret& access) const {
+    auto reply = providers::json_reply(r, kBizInfo, clock_.now());
+    if (reply.failure) return providers::failed(Operation::kCheck, std::move(*reply.failure));
+    if (auto f = business_error(r, *reply.json, kBizInfo, {&access, &business_secret_})) {
+      Outcome o = providers::failed(Operation::kCheck, std::move(*f));
+      // 40105: "permanent, or refresh first" [L]: renew once before believing it.
+      o.renew_and_retry = o.failure.error_class == ErrorClass::kRevoked;
+      return o;
+    }
+    return Outcome::success(Operation::kCheck);
+  }
+
+  // A new token pair from `data` (the v2 reply, or the Business `data` object), wiping the JSON's
+  // copies as it takes them.
+  Outcome token_pair(const HttpResponse& r, nlohmann::json& data, std::string_view endpoint,
+                     const char* refresh_expiry_field) const {
+    const SysTime now = clock_.now();
+    TokenSecrets fresh;
+    fresh.access_token = providers::take_secret(data, "access_token");
+    fresh.refresh_token = providers::take_secret(data, "refresh_token");
+    if (fresh.access_token.empty()) {
+      // A rotated refresh token alone is still kept: the old one may be dead already.
+      Outcome o = providers::failed(Operation::kRefresh,
+                                    providers::malformed(r, endpoint, "no access_token"));
+      if (!fresh.refresh_token.empty()) o.secrets = std::move(fresh);
+      return o;
+    }
+    Outcome o = Outcome::success(Operation::kRefresh);
+    if (!fresh.refresh_token.empty()) o.note = "refresh token rotated";
+    if (auto in = providers::int_field(data, "expires_in"); in && *in > 0) {
+      o.expires_at = now + Seconds{*in};
+    }
+    if (auto in = providers::int_field(data, refresh_expiry_field); in && *in > 0) {
+      o.refresh_expires_at = now + Seconds{*in};
+    }
+    if (auto scope = providers::string_field(data, "scope"); !scope.empty()) o.scopes = scope;
+    o.secrets = std::move(fresh);
+    return o;
   }
 
   TikTokConfig config_;

@@ -36,11 +36,14 @@ std::uint64_t stable_hash(std::string_view s) {
   return h ^ (h >> 32);
 }
 
-// When to renew something that expires at `expiry`, given the time it was obtained.
-SysTime renew_point(SysTime anchor, SysTime expiry, Seconds renew_before) {
-  Seconds lifetime = expiry - anchor;
-  if (lifetime <= Seconds::zero()) return anchor;
-  if (lifetime < renew_before) return anchor + lifetime * 2 / 3;
+// When to renew something that expires at `expiry`. `issued` is when tokenwarden last renewed
+// it: then its whole lifetime is known, and one shorter than renew_before is renewed at two thirds
+// of it. A token never renewed by us (just added) may be late in a long life, so it is renewed
+// renew_before ahead of its expiry, at once if that has passed.
+SysTime renew_point(std::optional<SysTime> issued, SysTime expiry, Seconds renew_before) {
+  if (issued && *issued < expiry && expiry - *issued < renew_before) {
+    return *issued + (expiry - *issued) * 2 / 3;
+  }
   return expiry - renew_before;
 }
 
@@ -84,8 +87,10 @@ std::optional<SysTime> Policy::next_refresh(const TokenRecord& r, SysTime now) c
   auto consider = [&due](SysTime t) { due = due ? std::min(*due, t) : t; };
   if (s.refresh_every) consider(anchor + *s.refresh_every);
   if (s.renew_before) {
-    if (r.expires_at) consider(renew_point(anchor, *r.expires_at, *s.renew_before));
-    if (r.refresh_expires_at) consider(renew_point(anchor, *r.refresh_expires_at, *s.renew_before));
+    if (r.expires_at) consider(renew_point(r.last_refreshed_at, *r.expires_at, *s.renew_before));
+    if (r.refresh_expires_at) {
+      consider(renew_point(r.last_refreshed_at, *r.refresh_expires_at, *s.renew_before));
+    }
   }
   return std::max(due.value_or(now), now);
 }
@@ -115,7 +120,9 @@ Seconds Policy::backoff(int failures) const {
 
 void Policy::schedule_new(TokenRecord& r, SysTime now) const {
   r.next_refresh_due = next_refresh(r, now);
-  r.next_check_due = state_scheduled(r.state) ? std::optional(next_check(r, now)) : std::nullopt;
+  r.next_check_due = state_scheduled(r.state) && kind_checkable(r.provider, r.kind)
+                         ? std::optional(next_check(r, now))
+                         : std::nullopt;
 }
 
 void Policy::set_state(TokenRecord& r, TokenState s, SysTime now) const {
@@ -145,7 +152,8 @@ void Policy::on_refresh_success(TokenRecord& r, SysTime now) const {
     due = now + schedule_for(r.provider).check_every;
   }
   r.next_refresh_due = due;
-  if (!r.next_check_due) r.next_check_due = next_check(r, now);
+  if (!r.next_check_due && kind_checkable(r.provider, r.kind))
+    r.next_check_due = next_check(r, now);
 }
 
 void Policy::on_check_success(TokenRecord& r, SysTime now) const {
@@ -156,7 +164,8 @@ void Policy::on_check_success(TokenRecord& r, SysTime now) const {
   const bool renewal_failing =
       r.state == TokenState::kFailing && r.last_error_operation == Operation::kRefresh;
   if (!renewal_failing) clear_failures(r, now);
-  r.next_check_due = next_check(r, now);
+  r.next_check_due =
+      kind_checkable(r.provider, r.kind) ? std::optional(next_check(r, now)) : std::nullopt;
   if (!r.next_refresh_due) r.next_refresh_due = next_refresh(r, now);
 }
 

@@ -8,10 +8,13 @@
 //   due = min(anchor + refresh_every,                       when refresh_every is set
 //             renew_point(expires_at), renew_point(refresh_expires_at)   when renew_before is set)
 //   anchor = the later of connected_at and last_refreshed_at
-//   renew_point(e) = e - renew_before, or anchor + 2/3 of (e - anchor) when that whole lifetime is
-//   shorter than renew_before. A renewable token with no candidate is due at once: renewing tells
-//   tokenwarden its lifetime. A due time in the past is written as now.
-// Checks: every check_every, at a fixed per-token offset within the period (a stable hash of the
+//   renew_point(e) = e - renew_before; or, once tokenwarden has renewed the token (so its whole
+//   lifetime is known) and that lifetime is shorter than renew_before, last_refreshed_at + 2/3 of
+//   it. A token just added may be late in a long life, so it gets no such allowance. A renewable
+//   token with no candidate is due at once: renewing tells tokenwarden its lifetime. A due time in
+//   the past is written as now.
+// Checks: for the kinds a provider can check (kind_checkable), every check_every, at a fixed
+// per-token offset within the period (a stable hash of the
 // token id), so checks of a million tokens spread evenly instead of bursting on the hour.
 // After a successful renewal, a renewal due at once (the provider did not extend the expiry) is
 // put off by one check period instead, so a fixed expiry cannot make a renewal loop. Success

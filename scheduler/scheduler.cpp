@@ -54,10 +54,14 @@ Status Scheduler::record(Job& job, const Outcome& outcome, bool last) {
     next.has_access_token = next.has_access_token || !secrets->access_token.empty();
     next.has_refresh_token = next.has_refresh_token || !secrets->refresh_token.empty();
   }
-  if (outcome.ok) {
+  if (outcome.ok || secrets != nullptr) {
+    // What the provider said about the token holds whenever it came with new secrets, even if a
+    // later step failed: the stored expiry must match the stored secret.
     if (outcome.expires_at) next.expires_at = outcome.expires_at;
     if (outcome.refresh_expires_at) next.refresh_expires_at = outcome.refresh_expires_at;
     if (outcome.scopes) next.scopes = *outcome.scopes;
+  }
+  if (outcome.ok) {
     if (outcome.op == Operation::kRefresh) {
       policy_.on_refresh_success(next, now);
     } else {
@@ -101,7 +105,7 @@ Status Scheduler::release(Job& job) {
   return store_.save(job.record, nullptr, owner_, LeaseAction::kRelease);
 }
 
-Result<std::size_t> Scheduler::extend(const std::vector<LeaseRef>& leases) {
+Result<std::vector<std::string>> Scheduler::extend(const std::vector<LeaseRef>& leases) {
   return store_.extend_leases(leases, owner_, clock_.now(), config_.lease);
 }
 

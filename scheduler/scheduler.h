@@ -60,8 +60,8 @@ class Scheduler {
   Status postpone(Job& job, SysTime until);
   // Gives a claimed token back unchanged: its original due times, no lease.
   Status release(Job& job);
-  // Extends the leases of jobs still in flight; returns how many are still held.
-  Result<std::size_t> extend(const std::vector<LeaseRef>& leases);
+  // Extends the leases of jobs still in hand; returns the ids whose lease was lost.
+  Result<std::vector<std::string>> extend(const std::vector<LeaseRef>& leases);
 
  private:
   TokenStore& store_;

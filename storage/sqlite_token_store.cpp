@@ -643,29 +643,29 @@ Result<TokenRecord> SqliteTokenStore::claim(std::string_view id, SysTime now,
   });
 }
 
-Result<std::size_t> SqliteTokenStore::extend_leases(const std::vector<LeaseRef>& leases,
-                                                    std::string_view owner, SysTime now,
-                                                    Seconds lease) {
-  return guarded("extending leases", [&]() -> Result<std::size_t> {
+Result<std::vector<std::string>> SqliteTokenStore::extend_leases(
+    const std::vector<LeaseRef>& leases, std::string_view owner, SysTime now, Seconds lease) {
+  return guarded("extending leases", [&]() -> Result<std::vector<std::string>> {
     SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
     const SysTime until = now + lease;
     SQLite::Statement q(*impl_->db,
                         "UPDATE tokens SET lease_until = ?4 WHERE id = ?1 AND lease_owner = ?2 "
                         "AND lease_generation = ?3");
-    std::size_t extended = 0;
+    std::vector<std::string> lost;
     for (const LeaseRef& l : leases) {
       q.bind(1, l.id);
       q.bind(2, text_of(owner));
       q.bind(3, static_cast<int64_t>(l.generation));
       q.bind(4, static_cast<int64_t>(to_unix(until)));
       if (q.exec() == 1) {
-        ++extended;
         impl_->defer(l.id, until, until);
+      } else {
+        lost.push_back(l.id);
       }
       q.reset();
     }
     tx.commit();
-    return extended;
+    return lost;
   });
 }
 

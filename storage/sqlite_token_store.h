@@ -59,8 +59,9 @@ class SqliteTokenStore final : public TokenStore {
                                           Seconds lease, const ProviderSet& providers) override;
   Result<TokenRecord> claim(std::string_view id, SysTime now, std::string_view owner,
                             Seconds lease) override;
-  Result<std::size_t> extend_leases(const std::vector<LeaseRef>& leases, std::string_view owner,
-                                    SysTime now, Seconds lease) override;
+  Result<std::vector<std::string>> extend_leases(const std::vector<LeaseRef>& leases,
+                                                 std::string_view owner, SysTime now,
+                                                 Seconds lease) override;
   Status save(const TokenRecord& record, const TokenSecrets* new_secrets, std::string_view owner,
               LeaseAction lease) override;
   Result<std::size_t> rekey() override;

@@ -125,9 +125,11 @@ class TokenStore {
                                     Seconds lease) = 0;
 
   // Extends the leases `owner` still holds at these generations to now + lease, so a slow
-  // provider never lets a second worker in; returns how many were extended (the others were lost).
-  virtual Result<std::size_t> extend_leases(const std::vector<LeaseRef>& leases,
-                                            std::string_view owner, SysTime now, Seconds lease) = 0;
+  // provider never lets a second worker in. Returns the ids whose lease was lost (reconnected,
+  // removed, or taken over after it expired): their work must be dropped.
+  virtual Result<std::vector<std::string>> extend_leases(const std::vector<LeaseRef>& leases,
+                                                         std::string_view owner, SysTime now,
+                                                         Seconds lease) = 0;
 
   // Writes the record's kind, workspace, scopes, expiry, state, schedule, error and timestamp
   // fields, and, when `new_secrets` is given, its non-empty secrets (an empty one never overwrites

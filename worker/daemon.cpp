@@ -34,12 +34,11 @@ std::string process_owner(const std::string& prefix) {
 Result<std::unique_ptr<Daemon>> Daemon::build(const Config& config,
                                               const std::string& credentials_directory,
                                               const std::string& owner,
-                                              std::shared_ptr<spdlog::logger> log) {
+                                              std::shared_ptr<spdlog::logger> log, OpenMode mode) {
   auto d = std::make_unique<Daemon>();
   d->log = std::move(log);
 
-  auto store =
-      open_token_store(config.database, config.key, credentials_directory, OpenMode::kCreate);
+  auto store = open_token_store(config.database, config.key, credentials_directory, mode);
   if (!store) return store.error();
   d->store = std::move(*store);
 
@@ -83,22 +82,32 @@ Result<std::unique_ptr<Daemon>> Daemon::build(const Config& config,
       std::make_unique<Scheduler>(*d->store, *d->policy, d->clock, config.scheduler, owner, served);
   d->worker = std::make_unique<Worker>(
       d->io.get_executor(), *d->scheduler, *d->store, clients, d->clock, options, d->log,
-      std::make_unique<AsioWakeTimer>(d->io.get_executor(), d->clock, config.scheduler.idle_poll));
+      asio_timers(d->io.get_executor(), d->clock, config.scheduler.idle_poll));
   return d;
 }
 
 int Daemon::run(Seconds shutdown_grace) {
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
-  signals.async_wait([this, shutdown_grace](const boost::system::error_code& ec, int signal) {
-    if (ec) return;
-    log->info("received {}: stopping (grace {})", signal == SIGTERM ? "SIGTERM" : "SIGINT",
-              format_duration(shutdown_grace));
-    worker->stop(shutdown_grace, [this] {
-      // What is still in flight is cancelled; those tokens are released, then the loop ends.
-      http->shutdown();
-      boost::asio::post(io, [this] { io.stop(); });
-    });
-  });
+  auto name = [](int signal) { return signal == SIGTERM ? "SIGTERM" : "SIGINT"; };
+  signals.async_wait(
+      [this, shutdown_grace, &signals, name](const boost::system::error_code& ec, int signal) {
+        if (ec) return;
+        log->info("received {}: stopping (grace {}; a second signal stops at once)", name(signal),
+                  format_duration(shutdown_grace));
+        worker->stop(
+            shutdown_grace,
+            // Past the grace period, what is still in flight is cancelled: released, not failed.
+            [this] { http->shutdown(); }, [this] { io.stop(); });
+        signals.async_wait([this, name](const boost::system::error_code& ec2, int again) {
+          if (ec2) return;
+          log->warn(
+              "received {} again: stopping now; tokens in hand are released when their "
+              "leases expire",
+              name(again));
+          http->shutdown();
+          io.stop();
+        });
+      });
   worker->start();
   io.run();
   log->info("stopped");

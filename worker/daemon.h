@@ -39,13 +39,16 @@ struct Daemon {
 
   // Builds everything from `config`. `owner` names this process in leases. Fails with the first
   // problem (a missing key or client secret, an unusable database).
+  // `mode`: the daemon creates a missing database; the forced commands do not.
   static Result<std::unique_ptr<Daemon>> build(const Config& config,
                                                const std::string& credentials_directory,
                                                const std::string& owner,
-                                               std::shared_ptr<spdlog::logger> log);
+                                               std::shared_ptr<spdlog::logger> log, OpenMode mode);
 
   // Runs until SIGTERM or SIGINT, then stops in order: no new work, requests in flight finish
-  // within shutdown_grace, the transport shuts down, the store closes. Returns the exit code.
+  // within shutdown_grace, the transport shuts down, the store closes; a second signal stops at
+  // once. Returns the exit code. All SQLite calls run on the loop thread: a database locked by
+  // another process holds the loop for up to database.busy_timeout.
   int run(Seconds shutdown_grace);
 };
 

@@ -14,21 +14,24 @@ void TokenBucket::refill(SteadyTime now) {
   last_ = now;
 }
 
-bool TokenBucket::try_take(SteadyTime now) {
+bool TokenBucket::try_take(SteadyTime now, int n) {
   if (now < paused_until_) return false;
   refill(now);
-  if (tokens_ < 1.0) return false;
-  tokens_ -= 1.0;
+  // An operation costing more than the whole bucket may go when the bucket is full.
+  const double need = std::min(static_cast<double>(n), burst_);
+  if (tokens_ < need) return false;
+  tokens_ -= need;
   return true;
 }
 
-SteadyTime TokenBucket::next_available(SteadyTime now) const {
+SteadyTime TokenBucket::next_available(SteadyTime now, int n) const {
   SteadyTime at = now;
   const double elapsed = now > last_ ? std::chrono::duration<double>(now - last_).count() : 0.0;
   const double have = std::min(burst_, tokens_ + elapsed * rate_);
-  if (have < 1.0) {
-    at = now + std::chrono::duration_cast<SteadyTime::duration>(
-                   std::chrono::duration<double>((1.0 - have) / rate_));
+  const double need = std::min(static_cast<double>(n), burst_);
+  if (have < need) {
+    at = now + std::chrono::ceil<SteadyTime::duration>(
+                   std::chrono::duration<double>((need - have) / rate_));
   }
   return std::max(at, paused_until_);
 }

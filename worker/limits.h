@@ -19,10 +19,10 @@ class TokenBucket {
  public:
   TokenBucket(double rate_per_second, double burst, SteadyTime now);
 
-  // Takes one token if there is one.
-  bool try_take(SteadyTime now);
-  // When the next token is available (`now` if one is).
-  SteadyTime next_available(SteadyTime now) const;
+  // Takes `n` tokens if there are that many.
+  bool try_take(SteadyTime now, int n = 1);
+  // When `n` tokens are available (`now` if they are).
+  SteadyTime next_available(SteadyTime now, int n = 1) const;
   // No tokens before `until` (a provider asked everyone to slow down).
   void pause_until(SteadyTime until);
 
@@ -48,8 +48,15 @@ class CircuitBreaker {
   bool allow(SteadyTime now);
   // Whether allow() could say yes now, without taking the probe.
   bool would_allow(SteadyTime now) const;
+  // Whether the next allow() hands out the half-open probe.
+  bool probe_next(SteadyTime now) const { return open_ && now >= open_until_ && !probing_; }
+  // Whether the probe is out.
+  bool probing() const { return probing_; }
   void on_success();
   void on_failure(SteadyTime now);
+  // The probe was not sent after all (or its answer says nothing about the provider): the next
+  // allow() may hand out another.
+  void abandon_probe() { probing_ = false; }
 
   State state(SteadyTime now) const;
   // When an open breaker lets its probe through.

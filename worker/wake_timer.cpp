@@ -8,7 +8,7 @@ AsioWakeTimer::AsioWakeTimer(boost::asio::any_io_executor executor, const Clock&
                              Seconds max_sleep)
     : timer_(std::move(executor)), clock_(clock), max_sleep_(max_sleep) {}
 
-void AsioWakeTimer::arm(SysTime at, std::function<void()> fn) {
+void AsioWakeTimer::arm(WallTime at, std::function<void()> fn) {
   at_ = at;
   fn_ = std::move(fn);
   ++arming_;
@@ -22,21 +22,77 @@ void AsioWakeTimer::cancel() {
 }
 
 void AsioWakeTimer::sleep() {
-  const auto now = clock_.system_now();
-  const auto wanted = std::chrono::time_point_cast<std::chrono::system_clock::duration>(at_);
-  auto delay = std::max(wanted - now, std::chrono::system_clock::duration::zero());
-  delay = std::min<std::chrono::system_clock::duration>(delay, max_sleep_);
+  auto delay = std::max(at_ - clock_.system_now(), WallTime::duration::zero());
+  delay = std::min<WallTime::duration>(delay, max_sleep_);
   timer_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(delay));
   timer_.async_wait([this, arming = arming_](const boost::system::error_code& ec) {
     if (ec || arming != arming_) return;
-    if (clock_.system_now() <
-        std::chrono::time_point_cast<std::chrono::system_clock::duration>(at_)) {
-      return sleep();  // woke early: a capped sleep, or the wall clock moved back
-    }
+    if (clock_.system_now() < at_) return sleep();  // a capped sleep, or the clock moved back
     auto fn = std::move(fn_);
     fn_ = nullptr;
     if (fn) fn();
   });
+}
+
+TimerFactory asio_timers(boost::asio::any_io_executor executor, const Clock& clock,
+                         Seconds max_sleep) {
+  return [executor, &clock, max_sleep] {
+    return std::make_unique<AsioWakeTimer>(executor, clock, max_sleep);
+  };
+}
+
+class ManualTimers::Timer final : public WakeTimer {
+ public:
+  explicit Timer(std::shared_ptr<std::vector<Timer*>> live) : live_(std::move(live)) {
+    live_->push_back(this);
+  }
+  ~Timer() override { std::erase(*live_, this); }
+  void arm(WallTime at, std::function<void()> fn) override {
+    at_ = at;
+    fn_ = std::move(fn);
+  }
+  void cancel() override {
+    at_.reset();
+    fn_ = nullptr;
+  }
+  std::optional<WallTime> at() const { return at_; }
+  void fire() {
+    auto fn = std::move(fn_);
+    cancel();
+    if (fn) fn();
+  }
+
+ private:
+  std::shared_ptr<std::vector<Timer*>> live_;
+  std::optional<WallTime> at_;
+  std::function<void()> fn_;
+};
+
+TimerFactory ManualTimers::factory() {
+  return [live = live_] { return std::make_unique<Timer>(live); };
+}
+
+std::optional<WallTime> ManualTimers::next_due() const {
+  std::optional<WallTime> best;
+  for (const Timer* t : *live_) {
+    if (t->at() && (!best || *t->at() < *best)) best = t->at();
+  }
+  return best;
+}
+
+int ManualTimers::fire_due(WallTime now) {
+  int fired = 0;
+  for (;;) {
+    Timer* earliest = nullptr;
+    for (Timer* t : *live_) {
+      if (t->at() && *t->at() <= now && (earliest == nullptr || *t->at() < *earliest->at())) {
+        earliest = t;
+      }
+    }
+    if (earliest == nullptr) return fired;
+    earliest->fire();  // may create, arm or destroy timers: search again
+    ++fired;
+  }
 }
 
 }  // namespace tw

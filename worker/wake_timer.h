@@ -1,14 +1,19 @@
-// WakeTimer: the one timer of the scheduling loop, armed for a wall-clock time.
+// Timers of the worker, armed for a wall-clock instant and made by a factory, so tests can
+// replace every one of them and drive the loop with a fake clock.
 //
 // Thread-safety: none; used on the worker's executor.
 // AsioWakeTimer sleeps on a steady_timer but never longer than `max_sleep` at a time, re-reading
 // the clock when it wakes, so a wall clock set forwards or backwards delays nothing for long.
-// Tests use ManualWakeTimer and fire it themselves after moving a FakeClock.
+// Tests use ManualTimers: every timer it makes is fired by the test, in time order, after moving
+// a FakeClock.
 #pragma once
 
+#include <chrono>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <utility>  // before Boost.Asio: Boost 1.74 + g++ 12 + C++20
+#include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -18,19 +23,23 @@
 
 namespace tw {
 
+using WallTime = std::chrono::system_clock::time_point;
+
 class WakeTimer {
  public:
   virtual ~WakeTimer() = default;
-  // Calls `fn` once, on the executor, when the clock reaches `at` (at once if it has); replaces any
+  // Calls `fn` once, on the executor, when the clock reaches `at` (soon if it has); replaces any
   // earlier arming.
-  virtual void arm(SysTime at, std::function<void()> fn) = 0;
+  virtual void arm(WallTime at, std::function<void()> fn) = 0;
   virtual void cancel() = 0;
 };
+
+using TimerFactory = std::function<std::unique_ptr<WakeTimer>()>;
 
 class AsioWakeTimer final : public WakeTimer {
  public:
   AsioWakeTimer(boost::asio::any_io_executor executor, const Clock& clock, Seconds max_sleep);
-  void arm(SysTime at, std::function<void()> fn) override;
+  void arm(WallTime at, std::function<void()> fn) override;
   void cancel() override;
 
  private:
@@ -39,34 +48,28 @@ class AsioWakeTimer final : public WakeTimer {
   boost::asio::steady_timer timer_;
   const Clock& clock_;
   Seconds max_sleep_;
-  SysTime at_{};
+  WallTime at_{};
   std::function<void()> fn_;
   std::uint64_t arming_ = 0;  // a cancelled or replaced wait must not fire
 };
 
-// A timer a test fires by hand.
-class ManualWakeTimer final : public WakeTimer {
+// A factory of AsioWakeTimers.
+TimerFactory asio_timers(boost::asio::any_io_executor executor, const Clock& clock,
+                         Seconds max_sleep);
+
+// Timers a test fires by hand: make() hands out timers that only record their arming; the test
+// moves its FakeClock to next_due() and calls fire_due().
+class ManualTimers {
  public:
-  void arm(SysTime at, std::function<void()> fn) override {
-    at_ = at;
-    fn_ = std::move(fn);
-  }
-  void cancel() override {
-    at_.reset();
-    fn_ = nullptr;
-  }
-  // When it is armed for, if it is.
-  std::optional<SysTime> armed_at() const { return at_; }
-  // Fires it (the test has moved the clock to armed_at() or past).
-  void fire() {
-    auto fn = std::move(fn_);
-    cancel();
-    if (fn) fn();
-  }
+  TimerFactory factory();
+  // The earliest instant any live timer is armed for.
+  std::optional<WallTime> next_due() const;
+  // Fires every timer armed for `now` or earlier, earliest first; returns how many fired.
+  int fire_due(WallTime now);
 
  private:
-  std::optional<SysTime> at_;
-  std::function<void()> fn_;
+  class Timer;
+  std::shared_ptr<std::vector<Timer*>> live_ = std::make_shared<std::vector<Timer*>>();
 };
 
 }  // namespace tw

@@ -1,6 +1,6 @@
 #include "worker/worker.h"
 
-#include <set>
+#include <deque>
 
 #include <boost/asio/post.hpp>
 
@@ -8,32 +8,38 @@ namespace tw {
 
 namespace {
 
-using SteadyClock = std::chrono::steady_clock;
-
-// Commit retries: 100 ms doubling to 30 s, for as long as it takes while the lease is held.
+// Commit retries: 100 ms doubling to 30 s, for as long as the lease is held.
 constexpr std::chrono::milliseconds kFirstCommitRetry{100};
 constexpr std::chrono::milliseconds kMaxCommitRetry{30'000};
+// A provider paused for longer than this has its queued tokens put off rather than held.
+constexpr Seconds kHoldHorizon{60};
+
+struct Forced {
+  std::vector<ForcedResult> results;
+  std::deque<std::size_t> unclaimed;  // indexes of ids not claimed yet
+  std::size_t remaining = 0;          // results not final yet
+  std::function<void(std::vector<ForcedResult>)> done;
+};
 
 struct ActiveJob {
   explicit ActiveJob(Job j) : job(std::move(j)) {}
 
   Job job;
-  Operation op = Operation::kCheck;    // the operation running or being committed
-  SteadyTime started{};                // when its request went out
+  Operation op = Operation::kCheck;  // the step running or being committed
+  bool renew_first = false;          // the check asked for a renewal before trying again
+  bool renewing_for_check = false;   // the running renewal exists for the check that follows
+  bool renewed_for_check = false;    // a renewal was done for this job's check
+  bool probe = false;                // its request is the breaker's half-open probe
+  bool lost = false;                 // the lease was lost: drop it
+  bool busy = false;                 // a request or a commit retry is under way
+  SteadyTime started{};
   std::optional<Outcome> uncommitted;  // an outcome whose commit is being retried
   std::chrono::milliseconds retry_delay = kFirstCommitRetry;
-  std::unique_ptr<boost::asio::steady_timer> retry_timer;
-  // For run_now(): where the result goes.
-  struct Forced* forced = nullptr;
+  std::unique_ptr<WakeTimer> retry_timer;
+  std::shared_ptr<Forced> forced;  // run_now(): where the result goes
   std::size_t forced_index = 0;
 };
 using JobPtr = std::shared_ptr<ActiveJob>;
-
-struct Forced {
-  std::vector<ForcedResult> results;
-  std::size_t remaining = 0;
-  std::function<void(std::vector<ForcedResult>)> done;
-};
 
 // One provider's client and its protections.
 struct Lane {
@@ -47,12 +53,16 @@ std::string when(const std::optional<SysTime>& t) {
   return t ? format_time(*t) : "none";
 }
 
-// Failures that say something about the provider rather than the token.
+// Failures that say something about the provider rather than the token: these feed the breaker.
 bool provider_failure(const Outcome& o) {
   if (o.ok || o.failure.cancelled) return false;
-  const ErrorClass c = o.failure.error_class;
-  return c == ErrorClass::kTransient || c == ErrorClass::kMalformed ||
-         c == ErrorClass::kConfiguration;
+  return o.failure.error_class == ErrorClass::kTransient ||
+         o.failure.error_class == ErrorClass::kMalformed;
+}
+
+// Commit failures worth retrying: the database may take it later.
+bool retryable(Errc code) {
+  return code == Errc::kBusy || code == Errc::kStorage || code == Errc::kIo;
 }
 
 }  // namespace
@@ -60,7 +70,7 @@ bool provider_failure(const Outcome& o) {
 struct Worker::Impl {
   Impl(Worker& w, boost::asio::any_io_executor ex, Scheduler& s, TokenStore& st,
        std::vector<ProviderClient*> clients, const Clock& c, WorkerOptions opt,
-       std::shared_ptr<spdlog::logger> l, std::unique_ptr<WakeTimer> t)
+       std::shared_ptr<spdlog::logger> l, TimerFactory t)
       : worker(w),
         executor(std::move(ex)),
         scheduler(s),
@@ -68,10 +78,11 @@ struct Worker::Impl {
         clock(c),
         options(std::move(opt)),
         log(std::move(l)),
-        timer(std::move(t)),
-        lease_timer(executor),
-        summary_timer(executor),
-        grace_timer(executor) {
+        make_timer(std::move(t)),
+        wake_timer(make_timer()),
+        lease_timer(make_timer()),
+        summary_timer(make_timer()),
+        grace_timer(make_timer()) {
     for (ProviderClient* client : clients) {
       const ProviderLimits limits = options.limits.count(client->provider()) != 0
                                         ? options.limits.at(client->provider())
@@ -91,39 +102,44 @@ struct Worker::Impl {
   const Clock& clock;
   WorkerOptions options;
   std::shared_ptr<spdlog::logger> log;
-  std::unique_ptr<WakeTimer> timer;
-  boost::asio::steady_timer lease_timer;
-  boost::asio::steady_timer summary_timer;
-  boost::asio::steady_timer grace_timer;
+  TimerFactory make_timer;
+  std::unique_ptr<WakeTimer> wake_timer;
+  std::unique_ptr<WakeTimer> lease_timer;
+  std::unique_ptr<WakeTimer> summary_timer;
+  std::unique_ptr<WakeTimer> grace_timer;
 
   std::map<Provider, Lane> lanes;
-  std::set<JobPtr> active;   // claimed and not finished: queued, in flight or committing
-  std::size_t requests = 0;  // requests in flight
+  std::map<std::string, JobPtr> active;  // tokens in hand, by id: queued, in flight, committing
+  std::deque<std::shared_ptr<Forced>> forced_batches;  // run_now() ids still to claim
+  std::size_t requests = 0;                            // requests in flight
   bool running = false;
   bool stopping = false;
+  bool giving_up = false;  // stopping, and past the grace period: last commit attempts
+  bool lease_timer_armed = false;
   std::function<void()> on_stopped;
   WorkerStats at_last_summary;
 
   WorkerStats& stats() { return worker.stats_; }
+  WallTime after(std::chrono::milliseconds d) const { return clock.system_now() + d; }
 
   // --- the loop ---------------------------------------------------------------------------------
 
   void pump() {
-    dispatch();
     if (stopping) return;
-    const SysTime now = clock.now();
+    dispatch();
+    claim_forced();
     const ProviderSet ready = running ? ready_providers() : ProviderSet{};
-    std::size_t capacity = free_capacity();
-    if (capacity > 0 && !ready.empty()) {
-      auto jobs = scheduler.claim_due(capacity, ready);
+    if (free_capacity() > 0 && !ready.empty()) {
+      auto jobs = scheduler.claim_due(free_capacity(), ready);
       if (!jobs) {
         log->error("cannot claim due tokens: {}", jobs.error().message());
-        return arm(now + Seconds{1});
+        return arm(after(std::chrono::seconds(1)));
       }
       for (Job& j : *jobs)
-        enqueue(std::make_shared<ActiveJob>(std::move(j)));
-      dispatch();
+        take(std::make_shared<ActiveJob>(std::move(j)));
     }
+    dispatch();
+    ensure_lease_timer();
     arm_wake(ready);
   }
 
@@ -145,13 +161,13 @@ struct Worker::Impl {
   }
 
   void arm_wake(const ProviderSet& ready) {
-    const SysTime now = clock.now();
+    const WallTime now = clock.system_now();
     const SteadyTime steady = clock.steady_now();
     // While running, look at the store again after idle_poll at the latest; a forced run only
-    // waits for its queued jobs.
-    std::optional<SysTime> wake;
+    // waits for its own tokens.
+    std::optional<WallTime> wake;
     if (running) wake = now + options.scheduler.idle_poll;
-    auto consider = [&wake](SysTime t) { wake = wake ? std::min(*wake, t) : t; };
+    auto consider = [&wake](WallTime t) { wake = wake ? std::min(*wake, t) : t; };
     if (running && free_capacity() > 0 && !ready.empty()) {
       auto due = scheduler.next_wake(ready);
       if (!due) {
@@ -160,30 +176,120 @@ struct Worker::Impl {
       } else if (*due) {
         // Still due after a claim below capacity: held by someone else or just released. A
         // second's pause keeps that from becoming a busy loop.
-        consider(**due > now ? **due : now + Seconds{1});
+        consider(**due > clock.now() ? WallTime(**due) : now + Seconds{1});
       }
     }
-    auto to_sys = [&](SteadyTime t) {
-      return now + std::chrono::ceil<Seconds>(std::max(t - steady, SteadyTime::duration::zero()));
+    auto to_wall = [&](SteadyTime t) {
+      return now + std::max(t - steady, SteadyTime::duration::zero());
     };
     for (const auto& [provider, lane] : lanes) {
-      if (!lane.queue.empty()) consider(to_sys(lane.bucket.next_available(steady)));
-      if (running && !lane.breaker.would_allow(steady)) consider(to_sys(lane.breaker.reopens_at()));
+      if (!lane.queue.empty()) {
+        const JobPtr& next = lane.queue.front();
+        consider(to_wall(lane.bucket.next_available(steady, cost(lane, *next))));
+      }
+      // An open breaker reopens by itself; while its probe is out, the probe's end pumps.
+      if (running && !lane.breaker.would_allow(steady) && !lane.breaker.probing()) {
+        consider(to_wall(lane.breaker.reopens_at()));
+      }
     }
     if (wake) {
       arm(*wake);
     } else {
-      timer->cancel();
+      wake_timer->cancel();
     }
   }
 
-  void arm(SysTime at) {
-    timer->arm(at, [this] { pump(); });
+  void arm(WallTime at) {
+    wake_timer->arm(at, [this] { pump(); });
   }
 
-  void enqueue(JobPtr job) {
-    active.insert(job);
-    lanes.at(job->job.record.provider).queue.push_back(std::move(job));
+  static int cost(const Lane& lane, const ActiveJob& job) {
+    return lane.client->requests(job.job.refresh_due ? Operation::kRefresh : Operation::kCheck,
+                                 job.job.record);
+  }
+
+  // A claimed token joins the worker: its lane's queue. This process may already have it in
+  // hand, its old lease expired or fenced out, and have claimed it again:
+  // - the same grant (the wall clock jumped, an extension failed): the job in hand adopts the
+  //   new lease and goes on;
+  // - reconnected meanwhile, job waiting: the waiting job takes the fresh claim (new secrets);
+  // - reconnected meanwhile, request out: that result is stale, so the new claim is given back
+  //   and the token comes due again once the old job is refused at commit.
+  void take(JobPtr job) {
+    const std::string id = job->job.record.id;
+    auto it = active.find(id);
+    if (it == active.end()) {
+      active.emplace(id, job);
+      lanes.at(job->job.record.provider).queue.push_back(std::move(job));
+      return;
+    }
+    ActiveJob& held = *it->second;
+    if (held.job.record.connected_at == job->job.record.connected_at) {
+      log->warn("{} was claimed again while in hand (its lease had run out); keeping one job", id);
+      held.job.record.lease_generation = job->job.record.lease_generation;
+      held.job.record.lease_until = job->job.record.lease_until;
+      held.lost = false;
+    } else if (!held.busy) {
+      log->info("{} was reconnected while waiting: working on the new grant", id);
+      held.job = std::move(job->job);
+      held.lost = false;
+      held.renew_first = held.renewing_for_check = held.renewed_for_check = false;
+    } else if (auto st = scheduler.release(job->job); !st) {
+      log->warn("cannot give back {}: {}", id, st.error().message());
+    }
+  }
+
+  // Claims run_now() ids, as capacity allows.
+  void claim_forced() {
+    while (!forced_batches.empty() && free_capacity() > 0) {
+      std::shared_ptr<Forced> f = forced_batches.front();
+      if (f->unclaimed.empty()) {
+        forced_batches.pop_front();
+        continue;
+      }
+      const std::size_t i = f->unclaimed.front();
+      f->unclaimed.pop_front();
+      claim_one(f, i);
+    }
+  }
+
+  void claim_one(const std::shared_ptr<Forced>& f, std::size_t i) {
+    ForcedResult& res = f->results[i];
+    if (active.count(res.id) != 0) {
+      return settle_forced(f, i, ForcedResult::Status::kBusy, "busy: already being worked on");
+    }
+    auto claimed = scheduler.claim(res.id);
+    if (!claimed) {
+      const Errc code = claimed.error().code();
+      return settle_forced(f, i,
+                           code == Errc::kNotFound    ? ForcedResult::Status::kNotFound
+                           : code == Errc::kLeaseLost ? ForcedResult::Status::kBusy
+                                                      : ForcedResult::Status::kFailed,
+                           code == Errc::kNotFound    ? "no such token"
+                           : code == Errc::kLeaseLost ? "busy: " + claimed.error().message()
+                                                      : claimed.error().message());
+    }
+    auto job = std::make_shared<ActiveJob>(std::move(*claimed));
+    job->forced = f;
+    job->forced_index = i;
+    job->job.refresh_due = res.op == Operation::kRefresh;
+    job->job.check_due = res.op == Operation::kCheck;
+    const TokenRecord& r = job->job.record;
+    res.state = r.state;
+    std::string refusal;
+    if (lanes.count(r.provider) == 0) {
+      refusal = "provider " + std::string(to_string(r.provider)) + " is not enabled";
+    } else if (r.state == TokenState::kDisabled) {
+      refusal = "the token is disabled (tokenwarden enable " + r.id + ")";
+    } else if (res.op == Operation::kRefresh && !Policy::renewable(r)) {
+      refusal = "a " + std::string(to_string(r.kind)) + " token is never renewed";
+    }
+    if (!refusal.empty()) {
+      active.emplace(r.id, job);
+      report_forced(*job, ForcedResult::Status::kRefused, refusal);
+      return release(job);
+    }
+    take(job);
   }
 
   // Starts queued jobs while their provider lets requests through.
@@ -191,31 +297,41 @@ struct Worker::Impl {
     const SteadyTime steady = clock.steady_now();
     for (auto& [provider, lane] : lanes) {
       while (!lane.queue.empty() && !stopping) {
+        JobPtr job = lane.queue.front();
+        if (job->lost) {
+          lane.queue.pop_front();
+          drop_lost(job);
+          continue;
+        }
         if (!lane.breaker.would_allow(steady)) {
-          postpone_all(lane);
+          if (!lane.breaker.probing()) put_off(lane, lane.breaker.reopens_at(), "circuit open");
           break;
         }
-        if (!lane.bucket.try_take(steady)) break;
-        JobPtr job = std::move(lane.queue.front());
+        if (lane.bucket.next_available(steady) > steady + kHoldHorizon) {
+          put_off(lane, lane.bucket.next_available(steady), "throttled");
+          break;
+        }
+        if (!lane.bucket.try_take(steady, cost(lane, *job))) break;
         lane.queue.pop_front();
+        job->probe = lane.breaker.probe_next(steady);
         lane.breaker.allow(steady);
         begin(job, lane);
       }
     }
   }
 
-  // The breaker is open: its queued tokens wait for it without counting a failure.
-  void postpone_all(Lane& lane) {
+  // The lane cannot send for a while: its queued tokens wait in the store, without a failure.
+  void put_off(Lane& lane, SteadyTime until_steady, const char* why) {
     const SysTime until =
-        clock.now() + std::chrono::ceil<Seconds>(lane.breaker.reopens_at() - clock.steady_now());
+        clock.now() + std::chrono::ceil<Seconds>(std::max(until_steady - clock.steady_now(),
+                                                          SteadyTime::duration::zero()));
     while (!lane.queue.empty()) {
       JobPtr job = std::move(lane.queue.front());
       lane.queue.pop_front();
-      if (job->forced != nullptr) {
-        report_forced(*job, false,
-                      "not attempted: the circuit breaker for " +
-                          std::string(to_string(job->job.record.provider)) +
-                          " is open after repeated failures");
+      if (job->forced) {
+        report_forced(*job, ForcedResult::Status::kFailed,
+                      std::string("not attempted: ") + why + " for " +
+                          std::string(to_string(job->job.record.provider)));
         release(job);
         continue;
       }
@@ -227,30 +343,44 @@ struct Worker::Impl {
     }
   }
 
-  // --- one job ----------------------------------------------------------------------------------
+  // --- one job, step by step --------------------------------------------------------------------
 
   void begin(const JobPtr& job, Lane& lane) {
     const TokenRecord& r = job->job.record;
-    if (job->job.refresh_due && Policy::renewable(r)) {
-      job->op = Operation::kRefresh;
-    } else if (job->job.check_due) {
-      job->op = Operation::kCheck;
-    } else {
-      return release(job);
-    }
     job->started = clock.steady_now();
+    if (!fresh_lease(job)) {
+      settle_probe(lane, *job, nullptr);
+      return drop_lost(job);
+    }
     auto secrets = store.read_secrets(r);
     if (!secrets) {
+      settle_probe(lane, *job, nullptr);
       // A secret that does not decrypt is the operator's to fix (a key missing from the ring).
-      Outcome o =
-          Outcome::failed(job->op,
-                          secrets.error().code() == Errc::kCorrupt ? ErrorClass::kConfiguration
-                                                                   : ErrorClass::kTransient,
-                          secrets.error().message());
-      return commit(job, std::move(o));
+      job->op = job->job.refresh_due ? Operation::kRefresh : Operation::kCheck;
+      return commit(
+          job, Outcome::failed(job->op,
+                               secrets.error().code() == Errc::kCorrupt ? ErrorClass::kConfiguration
+                                                                        : ErrorClass::kTransient,
+                               secrets.error().message()));
+    }
+    const bool renewable = Policy::renewable(r);
+    if (job->job.refresh_due && renewable) {
+      job->op = Operation::kRefresh;
+    } else if (job->job.check_due) {
+      const bool renew_now = renewable && !job->renewed_for_check &&
+                             (job->renew_first || lane.client->renew_before_check(r, *secrets));
+      job->op = renew_now ? Operation::kRefresh : Operation::kCheck;
+      job->renewing_for_check = renew_now;
+    } else {
+      settle_probe(lane, *job, nullptr);
+      return release(job);
     }
     ++requests;
-    auto on_done = [this, job](Outcome o) { outcome(job, std::move(o)); };
+    job->busy = true;
+    auto on_done = [this, job](Outcome o) {
+      job->busy = false;
+      outcome(job, std::move(o));
+    };
     if (job->op == Operation::kRefresh) {
       lane.client->refresh(r, *secrets, std::move(on_done));
     } else {
@@ -258,47 +388,79 @@ struct Worker::Impl {
     }
   }
 
+  // Makes sure the lease outlasts the request about to go out; false when it is lost.
+  bool fresh_lease(const JobPtr& job) {
+    TokenRecord& r = job->job.record;
+    if (job->lost) return false;
+    if (r.lease_until && *r.lease_until - clock.now() >= options.scheduler.lease / 2) return true;
+    auto lost = scheduler.extend({{r.id, r.lease_generation}});
+    if (!lost) {
+      log->warn("cannot extend the lease of {}: {}", r.id, lost.error().message());
+      return true;  // the lease timer will try again; the commit is fenced anyway
+    }
+    if (!lost->empty()) return false;
+    r.lease_until = clock.now() + options.scheduler.lease;
+    return true;
+  }
+
+  // Tells the breaker what the probe came to: `o` null when no request went out.
+  void settle_probe(Lane& lane, ActiveJob& job, const Outcome* o) {
+    const bool was_probe = job.probe;
+    job.probe = false;
+    if (o == nullptr || o->failure.cancelled) {
+      if (was_probe) lane.breaker.abandon_probe();
+      return;
+    }
+    if (provider_failure(*o)) {
+      lane.breaker.on_failure(clock.steady_now());
+    } else {
+      lane.breaker.on_success();
+    }
+  }
+
   void outcome(const JobPtr& job, Outcome o) {
     --requests;
     o.op = job->op;
     Lane& lane = lanes.at(job->job.record.provider);
-    const SteadyTime steady = clock.steady_now();
-    if (provider_failure(o)) {
-      lane.breaker.on_failure(steady);
-    } else if (!o.failure.cancelled) {
-      lane.breaker.on_success();
-    }
+    settle_probe(lane, *job, &o);
     if (o.throttle) {
-      lane.bucket.pause_until(steady + *o.throttle);
+      lane.bucket.pause_until(clock.steady_now() + *o.throttle);
       log->warn("{} asks to slow down: pausing it for {}", to_string(job->job.record.provider),
                 format_duration(*o.throttle));
     }
     if (o.failure.cancelled && !o.secrets) {
       // Shutting down: not the token's failure. Give it back to be done again.
-      if (job->forced != nullptr) report_forced(*job, false, "cancelled: shutting down");
+      report_forced(*job, ForcedResult::Status::kCancelled, "cancelled: shutting down");
       return release(job);
+    }
+    if (o.op == Operation::kCheck && o.renew_and_retry && !job->renewed_for_check &&
+        Policy::renewable(job->job.record) && !stopping) {
+      // The stored access token was refused: renew, commit, then check once more.
+      log->info("{}: {}; renewing before checking again", job->job.record.id, o.failure.message);
+      job->renew_first = true;
+      return requeue(job);
     }
     commit(job, std::move(o));
   }
 
   // Commits `o`, retrying while the database refuses, then moves the job on.
   void commit(const JobPtr& job, Outcome o) {
-    // A failed renewal that killed the grant leaves nothing to check; otherwise the lease is kept
-    // for the check that follows a renewal.
     const bool dead = !o.ok && (o.failure.error_class == ErrorClass::kPermanent ||
                                 o.failure.error_class == ErrorClass::kRevoked);
-    const bool more =
-        job->op == Operation::kRefresh && job->job.check_due && !dead && job->forced == nullptr;
-    auto st = scheduler.record(job->job, o, !more);
-    if (!st && st.error().code() != Errc::kLeaseLost) {
+    const bool check_follows =
+        job->op == Operation::kRefresh && job->job.check_due && !dead && !stopping;
+    auto st = scheduler.record(job->job, o, !check_follows);
+    if (!st && retryable(st.error().code()) && !giving_up) {
       ++stats().commit_retries;
       log->error("cannot store the outcome for {} yet (retrying in {} ms{}): {}",
                  job->job.record.id, job->retry_delay.count(),
-                 o.secrets ? ", it holds renewed secrets" : "", st.error().message());
+                 o.secrets ? "; it holds renewed secrets" : "", st.error().message());
       job->uncommitted = std::move(o);
+      job->busy = true;
       return retry_commit(job);
     }
     job->uncommitted.reset();
+    job->busy = false;
     job->retry_delay = kFirstCommitRetry;
     if (!st) {
       ++stats().results_dropped;
@@ -306,33 +468,40 @@ struct Worker::Impl {
                  o.secrets ? " (renewed secrets were issued: if the provider rotates, the token "
                              "may need re-authorisation)"
                            : "");
-      if (job->forced != nullptr) report_forced(*job, false, st.error().message());
+      report_forced(*job, ForcedResult::Status::kFailed, st.error().message());
       return finish(job);
     }
-    log_outcome(*job, o);
+    if (job->renewing_for_check) {
+      job->renewing_for_check = false;
+      job->renewed_for_check = true;
+      job->renew_first = false;
+    }
+    log_outcome(*job, o, check_follows);
     count(o);
-    if (job->forced != nullptr) {
-      report_forced(*job, o.ok, o.ok ? (o.note.empty() ? "ok" : o.note) : describe(o.failure));
-    }
-    if (more) {
+    if (check_follows) {
       job->job.refresh_due = false;
-      Lane& lane = lanes.at(job->job.record.provider);
-      lane.queue.push_front(job);
-      return dispatch_later();
+      return requeue(job);
     }
+    report_forced(*job, o.ok ? ForcedResult::Status::kOk : ForcedResult::Status::kFailed,
+                  o.ok ? (o.note.empty() ? "ok" : o.note) : describe(o.failure));
     finish(job);
   }
 
   void retry_commit(const JobPtr& job) {
-    job->retry_timer = std::make_unique<boost::asio::steady_timer>(executor);
-    job->retry_timer->expires_after(job->retry_delay);
-    job->retry_delay = std::min(job->retry_delay * 2, kMaxCommitRetry);
-    job->retry_timer->async_wait([this, job](const boost::system::error_code& ec) {
-      if (ec || !job->uncommitted) return;
+    job->retry_timer = make_timer();
+    job->retry_timer->arm(after(job->retry_delay), [this, job] {
+      if (!job->uncommitted) return;
       Outcome o = std::move(*job->uncommitted);
       job->uncommitted.reset();
       commit(job, std::move(o));
     });
+    job->retry_delay = std::min(job->retry_delay * 2, kMaxCommitRetry);
+  }
+
+  // Back to the front of its lane for its next step.
+  void requeue(const JobPtr& job) {
+    lanes.at(job->job.record.provider).queue.push_front(job);
+    later();
   }
 
   // Gives a claimed token back unchanged (its original due times, no lease).
@@ -344,19 +513,23 @@ struct Worker::Impl {
     finish(job);
   }
 
+  void drop_lost(const JobPtr& job) {
+    ++stats().results_dropped;
+    log->warn("dropped {}: its lease was lost (reconnected, removed, or taken over)",
+              job->job.record.id);
+    report_forced(*job, ForcedResult::Status::kBusy, "lease lost");
+    finish(job);
+  }
+
   void finish(const JobPtr& job) {
-    active.erase(job);
-    if (job->forced != nullptr) {
-      Forced* f = job->forced;
-      job->forced = nullptr;
-      if (--f->remaining == 0) complete_forced(f);
-    }
+    active.erase(job->job.record.id);
+    job->retry_timer.reset();
     if (stopping) return maybe_stopped();
-    dispatch_later();
+    later();
   }
 
   // Runs pump() soon, not from inside a callback chain.
-  void dispatch_later() {
+  void later() {
     boost::asio::post(executor, [this] { pump(); });
   }
 
@@ -373,15 +546,16 @@ struct Worker::Impl {
     return std::string(to_string(f.error_class)) + ": " + f.message;
   }
 
-  void log_outcome(const ActiveJob& job, const Outcome& o) {
+  void log_outcome(const ActiveJob& job, const Outcome& o, bool check_follows) {
     const TokenRecord& r = job.job.record;
     const auto latency =
         std::chrono::duration_cast<std::chrono::milliseconds>(clock.steady_now() - job.started)
             .count();
     const std::string who = r.id + " (" + std::string(to_string(r.provider)) + " " +
                             std::string(to_string(r.kind)) + ", workspace " + r.workspace_id + ")";
-    const std::string next =
-        "next renewal " + when(r.next_refresh_due) + ", next check " + when(r.next_check_due);
+    const std::string next = check_follows ? std::string("a check follows")
+                                           : "next renewal " + when(r.next_refresh_due) +
+                                                 ", next check " + when(r.next_check_due);
     const char* verb = o.op == Operation::kRefresh ? "renewal" : "check";
     if (o.ok) {
       log->info("{} of {} ok in {} ms{}; {}", verb, who, latency,
@@ -397,56 +571,66 @@ struct Worker::Impl {
 
   // --- forced work ------------------------------------------------------------------------------
 
-  void report_forced(const ActiveJob& job, bool ok, std::string message) {
-    Forced* f = job.forced;
-    if (f == nullptr) return;
-    ForcedResult& res = f->results[job.forced_index];
-    res.ok = ok;
-    res.message = std::move(message);
+  void report_forced(const ActiveJob& job, ForcedResult::Status status, std::string message) {
+    if (!job.forced) return;
+    ForcedResult& res = job.forced->results[job.forced_index];
     res.state = job.job.record.state;
+    settle_forced(job.forced, job.forced_index, status, std::move(message));
   }
 
-  void complete_forced(Forced* f) {
-    std::unique_ptr<Forced> owned(f);
-    boost::asio::post(
-        executor, [done = std::move(owned->done), results = std::move(owned->results)]() mutable {
-          done(std::move(results));
-        });
+  void settle_forced(const std::shared_ptr<Forced>& f, std::size_t i, ForcedResult::Status status,
+                     std::string message) {
+    ForcedResult& res = f->results[i];
+    res.status = status;
+    res.message = std::move(message);
+    if (--f->remaining == 0) {
+      boost::asio::post(executor, [f] { f->done(std::move(f->results)); });
+    }
   }
 
   // --- leases, summaries, stopping
   // ----------------------------------------------------------------
 
-  void extend_leases() {
-    lease_timer.expires_after(std::chrono::duration_cast<SteadyClock::duration>(
-        std::max(options.scheduler.lease / 3, Seconds{1})));
-    lease_timer.async_wait([this](const boost::system::error_code& ec) {
-      if (ec) return;
-      std::vector<LeaseRef> refs;
-      refs.reserve(active.size());
-      for (const JobPtr& j : active) {
-        refs.push_back({j->job.record.id, j->job.record.lease_generation});
-      }
-      if (!refs.empty()) {
-        auto held = scheduler.extend(refs);
-        if (!held) {
-          log->error("cannot extend leases: {}", held.error().message());
-        } else if (*held < refs.size()) {
-          log->warn(
-              "{} of {} leases were lost (reconnected or taken over); their results will "
-              "be dropped",
-              refs.size() - *held, refs.size());
-        }
-      }
+  // Keeps the lease timer running while there are tokens in hand.
+  void ensure_lease_timer() {
+    if (lease_timer_armed || active.empty()) return;
+    lease_timer_armed = true;
+    const auto period = std::max(options.scheduler.lease / 3, Seconds{1});
+    lease_timer->arm(after(period), [this] {
+      lease_timer_armed = false;
       extend_leases();
+      ensure_lease_timer();
     });
   }
 
+  void extend_leases() {
+    std::vector<LeaseRef> refs;
+    refs.reserve(active.size());
+    for (const auto& [id, j] : active) {
+      if (!j->lost) refs.push_back({id, j->job.record.lease_generation});
+    }
+    if (refs.empty()) return;
+    auto lost = scheduler.extend(refs);
+    if (!lost) {
+      log->error("cannot extend leases: {}", lost.error().message());
+      return;
+    }
+    const SysTime until = clock.now() + options.scheduler.lease;
+    for (const auto& [id, j] : active)
+      j->job.record.lease_until = until;
+    for (const std::string& id : *lost) {
+      if (auto it = active.find(id); it != active.end()) it->second->lost = true;
+    }
+    if (!lost->empty()) {
+      log->warn(
+          "{} of {} leases were lost (reconnected, removed or taken over); that work is "
+          "dropped",
+          lost->size(), refs.size());
+    }
+  }
+
   void summarise() {
-    summary_timer.expires_after(
-        std::chrono::duration_cast<SteadyClock::duration>(options.summary_every));
-    summary_timer.async_wait([this](const boost::system::error_code& ec) {
-      if (ec) return;
+    summary_timer->arm(after(options.summary_every), [this] {
       log->info("summary: {}", summary_line());
       at_last_summary = stats();
       summarise();
@@ -469,13 +653,73 @@ struct Worker::Impl {
            std::to_string(now.checks_ok - then.checks_ok) +
            " checked; renewal failures:" + failures(now.refresh_failures, then.refresh_failures) +
            "; check failures:" + failures(now.check_failures, then.check_failures) + "; " +
-           std::to_string(requests) + " in flight, " + std::to_string(active.size()) + " claimed";
+           std::to_string(requests) + " in flight, " + std::to_string(active.size()) + " in hand";
+  }
+
+  void begin_stop(Seconds grace, std::function<void()> on_grace_expired,
+                  std::function<void()> done) {
+    stopping = true;
+    running = false;
+    on_stopped = std::move(done);
+    wake_timer->cancel();
+    summary_timer->cancel();
+    log->info("stopping: {} request(s) in flight, {} token(s) in hand; summary: {}", requests,
+              active.size(), summary_line());
+    // Tokens still waiting for a slot, or forced ids not claimed yet, go back at once.
+    for (auto& [p, lane] : lanes) {
+      while (!lane.queue.empty()) {
+        JobPtr job = std::move(lane.queue.front());
+        lane.queue.pop_front();
+        report_forced(*job, ForcedResult::Status::kCancelled, "cancelled: shutting down");
+        release(job);
+      }
+    }
+    for (const auto& f : forced_batches) {
+      while (!f->unclaimed.empty()) {
+        const std::size_t i = f->unclaimed.front();
+        f->unclaimed.pop_front();
+        settle_forced(f, i, ForcedResult::Status::kCancelled, "cancelled: shutting down");
+      }
+    }
+    forced_batches.clear();
+    grace_timer->arm(after(grace), [this, grace, on_grace_expired = std::move(on_grace_expired)] {
+      if (!active.empty()) {
+        log->warn("{} token(s) still in hand after the grace period: cancelling their requests",
+                  active.size());
+      }
+      if (on_grace_expired) on_grace_expired();
+      // Commits still being retried get one more grace period, then a last attempt each.
+      grace_timer->arm(after(grace), [this] { give_up(); });
+    });
+    maybe_stopped();
+  }
+
+  void give_up() {
+    giving_up = true;
+    std::vector<JobPtr> left;
+    for (const auto& [id, j] : active)
+      left.push_back(j);
+    for (const JobPtr& j : left) {
+      if (j->uncommitted) {
+        Outcome o = std::move(*j->uncommitted);
+        j->uncommitted.reset();
+        j->retry_timer.reset();
+        log->critical("last attempt to store the outcome for {} before exiting", j->job.record.id);
+        commit(j, std::move(o));
+      } else {
+        log->warn("{} still in hand at exit: its lease will expire", j->job.record.id);
+        finish(j);
+      }
+    }
+    active.clear();
+    maybe_stopped();
   }
 
   void maybe_stopped() {
-    if (!stopping || !on_stopped) return;
-    if (!active.empty()) return;
-    grace_timer.cancel();
+    if (!stopping || !on_stopped || !active.empty()) return;
+    grace_timer->cancel();
+    lease_timer->cancel();
+    lease_timer_armed = false;
     boost::asio::post(executor, std::move(on_stopped));
     on_stopped = nullptr;
   }
@@ -483,14 +727,17 @@ struct Worker::Impl {
 
 Worker::Worker(boost::asio::any_io_executor executor, Scheduler& scheduler, TokenStore& store,
                std::vector<ProviderClient*> clients, const Clock& clock, WorkerOptions options,
-               std::shared_ptr<spdlog::logger> log, std::unique_ptr<WakeTimer> timer)
+               std::shared_ptr<spdlog::logger> log, TimerFactory timers)
     : impl_(std::make_unique<Impl>(*this, std::move(executor), scheduler, store, std::move(clients),
-                                   clock, std::move(options), std::move(log), std::move(timer))) {}
+                                   clock, std::move(options), std::move(log), std::move(timers))) {}
 
 Worker::~Worker() = default;
 
 std::size_t Worker::in_flight() const {
   return impl_->requests;
+}
+std::size_t Worker::in_hand() const {
+  return impl_->active.size();
 }
 
 void Worker::start() {
@@ -501,93 +748,33 @@ void Worker::start() {
     providers += " " + std::string(to_string(p));
   w.log->info("worker {} started; providers:{}; up to {} requests in flight", w.scheduler.owner(),
               providers.empty() ? " none" : providers, w.options.max_in_flight);
-  w.extend_leases();
   w.summarise();
-  w.dispatch_later();
+  w.later();
 }
 
-void Worker::stop(Seconds grace, std::function<void()> done) {
-  Impl& w = *impl_;
-  w.stopping = true;
-  w.running = false;
-  w.timer->cancel();
-  w.summary_timer.cancel();
-  w.on_stopped = std::move(done);
-  w.log->info("stopping: {} request(s) in flight, {} token(s) claimed; summary: {}", w.requests,
-              w.active.size(), w.summary_line());
-  // Jobs still waiting for a slot go back at once.
-  for (auto& [p, lane] : w.lanes) {
-    while (!lane.queue.empty()) {
-      JobPtr job = std::move(lane.queue.front());
-      lane.queue.pop_front();
-      if (job->forced != nullptr) w.report_forced(*job, false, "cancelled: shutting down");
-      w.release(job);
-    }
-  }
-  if (!w.active.empty()) {
-    w.grace_timer.expires_after(std::chrono::duration_cast<SteadyClock::duration>(grace));
-    w.grace_timer.async_wait([&w](const boost::system::error_code& ec) {
-      if (ec || !w.on_stopped) return;
-      w.log->warn("{} token(s) still in flight after the grace period; they will be released",
-                  w.active.size());
-      w.lease_timer.cancel();
-      boost::asio::post(w.executor, std::move(w.on_stopped));
-      w.on_stopped = nullptr;
-    });
-  } else {
-    w.lease_timer.cancel();
-  }
-  w.maybe_stopped();
+void Worker::stop(Seconds grace, std::function<void()> on_grace_expired,
+                  std::function<void()> done) {
+  impl_->begin_stop(grace, std::move(on_grace_expired), std::move(done));
 }
 
 void Worker::run_now(std::vector<std::string> ids, Operation op,
                      std::function<void(std::vector<ForcedResult>)> done) {
   Impl& w = *impl_;
-  auto* forced = new Forced{};
-  forced->done = std::move(done);
-  forced->results.resize(ids.size());
-  forced->remaining = ids.size() + 1;  // +1 until every job is queued
+  auto f = std::make_shared<Forced>();
+  f->done = std::move(done);
+  f->results.resize(ids.size());
+  f->remaining = ids.size();
   for (std::size_t i = 0; i < ids.size(); ++i) {
-    ForcedResult& res = forced->results[i];
-    res.id = ids[i];
-    res.op = op;
-    auto claimed = w.scheduler.claim(ids[i]);
-    if (!claimed) {
-      res.message = claimed.error().code() == Errc::kNotFound ? "no such token"
-                    : claimed.error().code() == Errc::kLeaseLost
-                        ? "busy: " + claimed.error().message()
-                        : claimed.error().message();
-      --forced->remaining;
-      continue;
-    }
-    res.state = claimed->record.state;
-    auto job = std::make_shared<ActiveJob>(std::move(*claimed));
-    job->forced = forced;
-    job->forced_index = i;
-    job->job.refresh_due = op == Operation::kRefresh;
-    job->job.check_due = op == Operation::kCheck;
-    const TokenRecord& r = job->job.record;
-    std::string refusal;
-    if (w.lanes.count(r.provider) == 0) {
-      refusal = "provider " + std::string(to_string(r.provider)) + " is not enabled";
-    } else if (r.state == TokenState::kDisabled) {
-      refusal = "the token is disabled (tokenwarden enable " + r.id + ")";
-    } else if (op == Operation::kRefresh && !Policy::renewable(r)) {
-      refusal = "a " + std::string(to_string(r.kind)) + " token is never renewed";
-    }
-    if (!refusal.empty()) {
-      w.active.insert(job);
-      w.report_forced(*job, false, refusal);
-      w.release(job);
-      continue;
-    }
-    w.enqueue(job);
+    f->results[i].id = ids[i];
+    f->results[i].op = op;
+    f->unclaimed.push_back(i);
   }
-  if (--forced->remaining == 0) {
-    w.complete_forced(forced);
+  if (ids.empty()) {
+    boost::asio::post(w.executor, [f] { f->done({}); });
     return;
   }
-  w.dispatch_later();
+  w.forced_batches.push_back(f);
+  w.later();
 }
 
 }  // namespace tw

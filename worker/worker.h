@@ -3,29 +3,31 @@
 // Thread-safety: none. A Worker lives on one single-threaded executor with the transport and the
 // provider clients; every method is called there and every callback runs there.
 //
-// The loop: one WakeTimer armed for the earliest due time of the providers that may be called
+// The loop: one wake timer armed for the earliest due time of the providers that may be called
 // now (read from the store, which is the schedule). When it fires, the worker claims due tokens
-// up to its free capacity (max in flight), each under a lease, and runs them: read the secrets,
-// renew when renewal is due, then check when a check is due. Each outcome is committed through
-// the Scheduler before anything else happens with the token; a commit that fails (database busy,
-// disk full) is retried with backoff while the lease is held, so a rotated secret is never
-// dropped. Leases of tokens in flight are extended every lease/3, so a slow provider never lets
-// a second worker in.
+// up to its free capacity (max in flight), each under a lease, and works on each in steps, one
+// request at a time: renew when renewal is due, or when a check needs a fresh access token first;
+// then check when a check is due. Every step's outcome is committed through the Scheduler before
+// the next step, so a rotated secret is durable before anything uses it. A commit the database
+// refuses for now (busy, I/O, disk full) is retried with backoff while the lease is held, so a
+// rotated secret is never dropped. Leases of every token in hand are extended every lease/3, so a
+// slow provider never lets a second worker in; a token whose lease is lost is dropped.
 //
-// Per provider: a token bucket (requests_per_second, burst) paces requests; a circuit breaker
-// opens after breaker_failures transient failures in a row and its tokens are then put off, not
-// failed, until a probe succeeds; a provider's throttle hint (Meta's usage headers) pauses it.
+// Per provider: a token bucket (requests_per_second, burst) paces requests, charged per HTTP
+// request; a circuit breaker opens after breaker_failures transient failures in a row, and its
+// tokens are then put off, not failed, until a single probe succeeds; a provider's throttle hint
+// (Meta's usage headers) pauses it, and a long pause puts its queued tokens off too.
 //
-// Logs: one line per renewal or check (token, provider, kind, workspace, outcome, latency, next due
-// times) and a summary every summary_every. Never a secret.
+// Logs: one line per step (token, provider, kind, workspace, outcome, latency, next due times)
+// and a summary every summary_every. Never a secret.
 //
-// stop(): no new claims; jobs waiting for a slot are released at once; requests in flight may
-// finish until the grace period ends; then `done` runs. The owner then shuts the transport down
-// (which cancels what is left: those tokens are released, not failed) and closes the store last.
+// stop(): no new claims or steps; tokens waiting for a slot are released at once; requests in
+// flight may finish until the grace period ends, when `on_grace_expired` runs (the owner cancels
+// the transport: those tokens are released, not failed); commits still being retried get one
+// more grace period; then `done` runs.
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -34,7 +36,6 @@
 #include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <spdlog/logger.h>
 
 #include "config/config.h"
@@ -61,16 +62,17 @@ struct WorkerStats {
   std::uint64_t checks_ok = 0;
   std::map<ErrorClass, std::uint64_t> refresh_failures;
   std::map<ErrorClass, std::uint64_t> check_failures;
-  std::uint64_t postponed = 0;        // put off by an open breaker
+  std::uint64_t postponed = 0;        // put off by an open breaker or a long throttle
   std::uint64_t commit_retries = 0;   // commits retried after busy or I/O errors
-  std::uint64_t results_dropped = 0;  // outcomes refused because the lease was lost
+  std::uint64_t results_dropped = 0;  // outcomes not stored: the lease was lost or the token gone
 };
 
 // The result of one forced operation (tokenwarden refresh / check).
 struct ForcedResult {
+  enum class Status { kOk, kFailed, kNotFound, kBusy, kRefused, kCancelled };
   std::string id;
   Operation op = Operation::kCheck;
-  bool ok = false;
+  Status status = Status::kCancelled;
   std::string message;  // what happened, one line
   TokenState state = TokenState::kActive;
 };
@@ -81,7 +83,7 @@ class Worker {
   // scheduler, clients and clock must outlive the worker.
   Worker(boost::asio::any_io_executor executor, Scheduler& scheduler, TokenStore& store,
          std::vector<ProviderClient*> clients, const Clock& clock, WorkerOptions options,
-         std::shared_ptr<spdlog::logger> log, std::unique_ptr<WakeTimer> timer);
+         std::shared_ptr<spdlog::logger> log, TimerFactory timers);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -89,16 +91,18 @@ class Worker {
   // Starts the loop.
   void start();
   // See the file comment.
-  void stop(Seconds grace, std::function<void()> done);
+  void stop(Seconds grace, std::function<void()> on_grace_expired, std::function<void()> done);
 
-  // Runs `op` now on each token (refresh: tokens that cannot be renewed are reported so), whatever
-  // its due times, then calls `done` with one result per id, in order. A token leased by someone
-  // else is reported as busy. Does not need start().
+  // Runs `op` now on each token, whatever its due times (a check renews first when the access
+  // token has expired), at most max_in_flight at a time, then calls `done` with one result per
+  // id, in order. A token leased by someone else is reported busy. Does not need start().
   void run_now(std::vector<std::string> ids, Operation op,
                std::function<void(std::vector<ForcedResult>)> done);
 
   const WorkerStats& stats() const { return stats_; }
+  // Requests in flight, and tokens in hand (queued, in flight or committing).
   std::size_t in_flight() const;
+  std::size_t in_hand() const;
 
  private:
   struct Impl;

@@ -119,48 +119,57 @@ TEST_F(GoogleTest, CheckWithAFreshAccessTokenCallsTheAccountsList) {
   EXPECT_EQ(header(r, "Authorization"), "Bearer ya29.old-access");
 }
 
-TEST_F(GoogleTest, CheckRenewsAnExpiredAccessTokenFirst) {
-  token_.expires_at = testing::kNow - 1min;
-  http_.push_reply(200, R"({"access_token":"ya29.fresh","expires_in":3599})");
-  http_.push_reply(200, R"({"accounts":[]})");
-  Outcome o = run(*client_, Operation::kCheck, token_, secrets());
-  ASSERT_TRUE(o.ok) << o.failure.message;
-  EXPECT_EQ(o.op, Operation::kCheck);
-  EXPECT_EQ(o.secrets->access_token.reveal(), "ya29.fresh");
-  EXPECT_EQ(header(http_.requests().at(1), "Authorization"), "Bearer ya29.fresh");
-}
-
-TEST_F(GoogleTest, CheckRevokedWhenTheRefreshFailsWithInvalidGrant) {
-  token_.expires_at = testing::kNow - 1min;
-  http_.push_reply(
-      400, R"({"error":"invalid_grant","error_description":"Token has been expired or revoked."})");
-  Outcome o = run(*client_, Operation::kCheck, token_, secrets());
-  EXPECT_EQ(o.op, Operation::kCheck);
-  EXPECT_EQ(o.failure.error_class, ErrorClass::kRevoked);
-}
-
-TEST_F(GoogleTest, A401RenewsOnceThenMeansRevoked) {
+TEST_F(GoogleTest, AnExpiredOrMissingAccessTokenIsRenewedBeforeACheck) {
   token_.expires_at = testing::kNow + 30min;
-  http_.push_reply(401, R"({"error":{"code":401,"status":"UNAUTHENTICATED"}})");
-  http_.push_reply(200, R"({"access_token":"ya29.fresh","expires_in":3599})");
-  http_.push_reply(401, R"({"error":{"code":401,"status":"UNAUTHENTICATED"}})");
-  Outcome o = run(*client_, Operation::kCheck, token_, secrets());
-  EXPECT_EQ(o.failure.error_class, ErrorClass::kRevoked);
-  EXPECT_TRUE(o.secrets) << "the access token renewed on the way is kept";
-  EXPECT_EQ(http_.requests().size(), 3u);
+  EXPECT_FALSE(client_->renew_before_check(token_, secrets()));
+  token_.expires_at = testing::kNow + 30s;
+  EXPECT_TRUE(client_->renew_before_check(token_, secrets())) << "within a minute of expiry";
+  token_.expires_at.reset();
+  EXPECT_TRUE(client_->renew_before_check(token_, secrets())) << "unknown expiry";
+  token_.expires_at = testing::kNow + 30min;
+  EXPECT_TRUE(client_->renew_before_check(token_, {Secret(), Secret("1//r")})) << "no access token";
+  EXPECT_EQ(http_.requests().size(), 0u) << "deciding costs no request";
 }
 
-TEST_F(GoogleTest, A403IsPermanentAndA503Transient) {
+TEST_F(GoogleTest, A401AsksForARenewalAndIsRevokedIfItStands) {
+  token_.expires_at = testing::kNow + 30min;
+  http_.push_reply(
+      401,
+      R"({"error":{"code":401,"message":"Request had invalid authentication credentials.","status":"UNAUTHENTICATED"}})");
+  Outcome o = run(*client_, Operation::kCheck, token_, secrets());
+  EXPECT_FALSE(o.ok);
+  EXPECT_EQ(o.failure.error_class, ErrorClass::kRevoked);
+  EXPECT_TRUE(o.renew_and_retry) << "the worker renews and checks once more first";
+  EXPECT_FALSE(o.secrets) << "the client itself renews nothing";
+  EXPECT_EQ(http_.requests().size(), 1u);
+}
+
+TEST_F(GoogleTest, A403IsOurConfigurationNotTheCustomersRevocation) {
   token_.expires_at = testing::kNow + 30min;
   http_.push_reply(
       403,
-      R"({"error":{"code":403,"message":"The caller does not have permission","status":"PERMISSION_DENIED"}})");
+      R"({"error":{"code":403,"message":"My Business Account Management API has not been used in project 123 before or it is disabled.","status":"PERMISSION_DENIED"}})");
   Outcome o = run(*client_, Operation::kCheck, token_, secrets());
-  EXPECT_EQ(o.failure.error_class, ErrorClass::kPermanent);
-  EXPECT_NE(o.failure.message.find("PERMISSION_DENIED"), std::string::npos);
+  EXPECT_EQ(o.failure.error_class, ErrorClass::kConfiguration);
+  EXPECT_NE(o.failure.message.find("PERMISSION_DENIED"), std::string::npos) << o.failure.message;
   http_.push_reply(503, "");
   EXPECT_EQ(run(*client_, Operation::kCheck, token_, secrets()).failure.error_class,
             ErrorClass::kTransient);
+}
+
+TEST_F(GoogleTest, FailureMessagesNeverEchoASecret) {
+  http_.push_reply(
+      400,
+      R"({"error":"invalid_grant","error_description":"Bad refresh token 1//refresh-old for client google-client-secret-value"})");
+  Outcome o = run(*client_, Operation::kRefresh, token_, secrets());
+  EXPECT_EQ(o.failure.message.find("refresh-old"), std::string::npos) << o.failure.message;
+  EXPECT_EQ(o.failure.message.find("google-client-secret-value"), std::string::npos);
+  token_.expires_at = testing::kNow + 30min;
+  http_.push_reply(
+      403,
+      R"({"error":{"status":"PERMISSION_DENIED","message":"token ya29.old-access is not allowed"}})");
+  Outcome c = run(*client_, Operation::kCheck, token_, secrets());
+  EXPECT_EQ(c.failure.message.find("ya29.old-access"), std::string::npos) << c.failure.message;
 }
 
 TEST_F(GoogleTest, AMissingClientSecretFailsAtStartNamingTheKey) {

@@ -178,5 +178,34 @@ TEST_F(MetaTest, ErrorMessagesNeverEchoASecret) {
   EXPECT_NE(o.failure.message.find("***"), std::string::npos);
 }
 
+TEST_F(MetaTest, ATopLevelErrorOnDebugTokenIsAboutOurAppNotTheCustomer) {
+  http_.push_reply(
+      400,
+      R"({"error":{"message":"Invalid OAuth access token signature.","type":"OAuthException","code":190}})");
+  Outcome o = run(*client_, Operation::kCheck, page_, page_secrets());
+  EXPECT_EQ(o.failure.error_class, ErrorClass::kConfiguration)
+      << "a wrong app secret must not send every customer to needs_reauth";
+  EXPECT_NE(o.failure.message.find("app token"), std::string::npos) << o.failure.message;
+}
+
+TEST_F(MetaTest, APageReplyWithoutATokenIsMalformedUnlessThePageAnswered) {
+  http_.push_reply(200, R"({"access_token":"EAAL-user-new","expires_in":5183944})");
+  http_.push_reply(200, "{}");
+  Outcome o = run(*client_, Operation::kRefresh, page_, page_secrets());
+  EXPECT_EQ(o.failure.error_class, ErrorClass::kMalformed) << "an empty object proves nothing";
+  EXPECT_EQ(o.secrets->refresh_token.reveal(), "EAAL-user-new");
+  http_.push_reply(200, R"({"access_token":"EAAL-user-new2","expires_in":5183944})");
+  http_.push_reply(200, R"({"id":"104233"})");
+  EXPECT_EQ(run(*client_, Operation::kRefresh, page_, page_secrets()).failure.error_class,
+            ErrorClass::kPermanent)
+      << "the Page answered without a token: the user lost the role";
+}
+
+TEST_F(MetaTest, APageRenewalCostsTwoRequests) {
+  EXPECT_EQ(client_->requests(Operation::kRefresh, page_), 2);
+  EXPECT_EQ(client_->requests(Operation::kCheck, page_), 1);
+  EXPECT_FALSE(client_->renew_before_check(page_, page_secrets()));
+}
+
 }  // namespace
 }  // namespace tw

@@ -88,30 +88,24 @@ TEST_F(TikTokTest, V2CheckCallsUserInfoWithTheBearerToken) {
   EXPECT_EQ(header(r, "Authorization"), "Bearer act.old-access");
 }
 
-TEST_F(TikTokTest, AccessTokenInvalidRefreshesOnceThenIsPermanent) {
-  const char* invalid =
-      R"({"data":{},"error":{"code":"access_token_invalid","message":"The access token is invalid or not found in the request.","log_id":"z"}})";
-  http_.push_reply(401, invalid);
+TEST_F(TikTokTest, AccessTokenInvalidAsksForOneRenewal) {
   http_.push_reply(
-      200,
-      R"({"access_token":"act.new","expires_in":86400,"refresh_token":"rft.new","refresh_expires_in":31536000})");
-  http_.push_reply(401, invalid);
+      401,
+      R"({"data":{},"error":{"code":"access_token_invalid","message":"The access token is invalid or not found in the request.","log_id":"z"}})");
   Outcome o = run(*client_, Operation::kCheck, v2_, secrets());
   EXPECT_EQ(o.failure.error_class, ErrorClass::kPermanent);
-  ASSERT_TRUE(o.secrets) << "the rotated pair is kept: the old refresh token is dead now";
-  EXPECT_EQ(o.secrets->refresh_token.reveal(), "rft.new");
+  EXPECT_TRUE(o.renew_and_retry) << "refresh once; if that fails, permanent";
+  EXPECT_FALSE(o.secrets);
+  EXPECT_EQ(http_.requests().size(), 1u);
 }
 
-TEST_F(TikTokTest, AnExpiredAccessTokenIsRenewedBeforeTheCheck) {
+TEST_F(TikTokTest, AnExpiredAccessTokenIsRenewedBeforeACheck) {
+  EXPECT_FALSE(client_->renew_before_check(v2_, secrets()));
   v2_.expires_at = testing::kNow - 1s;
-  http_.push_reply(
-      200,
-      R"({"access_token":"act.new","expires_in":86400,"refresh_token":"rft.new","refresh_expires_in":31536000})");
-  http_.push_reply(200, R"({"data":{"user":{}},"error":{"code":"ok"}})");
-  Outcome o = run(*client_, Operation::kCheck, v2_, secrets());
-  ASSERT_TRUE(o.ok);
-  EXPECT_EQ(o.secrets->refresh_token.reveal(), "rft.new");
-  EXPECT_EQ(header(http_.requests().at(1), "Authorization"), "Bearer act.new");
+  EXPECT_TRUE(client_->renew_before_check(v2_, secrets()));
+  biz_.expires_at = testing::kNow + 30s;
+  EXPECT_TRUE(client_->renew_before_check(biz_, secrets())) << "business tokens too";
+  EXPECT_EQ(http_.requests().size(), 0u);
 }
 
 TEST_F(TikTokTest, UserInfoRateLimitIsTransientWithRetryAfter) {
@@ -171,9 +165,23 @@ TEST_F(TikTokTest, BusinessCheckIntrospectsTheToken) {
   auto body = nlohmann::json::parse(http_.requests().at(0).body);
   EXPECT_EQ(body["app_id"], "ckey");
   EXPECT_EQ(body["access_token"], "act.old-access");
-  http_.push_reply(200, R"({"code":40105,"message":"revoked"})");
-  EXPECT_EQ(run(*client_, Operation::kCheck, biz_, secrets()).failure.error_class,
-            ErrorClass::kRevoked);
+  http_.push_reply(200,
+                   R"({"code":40105,"message":"Access token is incorrect or has been revoked."})");
+  Outcome revoked = run(*client_, Operation::kCheck, biz_, secrets());
+  EXPECT_EQ(revoked.failure.error_class, ErrorClass::kRevoked);
+  EXPECT_TRUE(revoked.renew_and_retry) << "40105: permanent, or refresh first";
+}
+
+TEST_F(TikTokTest, FailureMessagesNeverEchoASecret) {
+  http_.push_reply(
+      400,
+      R"({"error":"invalid_grant","error_description":"refresh token rft.old-refresh was already used","log_id":"x"})");
+  Outcome o = run(*client_, Operation::kRefresh, v2_, secrets());
+  EXPECT_EQ(o.failure.message.find("rft.old-refresh"), std::string::npos) << o.failure.message;
+  http_.push_reply(200, R"({"code":40101,"message":"secret tiktok-client-secret-value is wrong"})");
+  Outcome b = run(*client_, Operation::kRefresh, biz_, secrets());
+  EXPECT_EQ(b.failure.message.find("tiktok-client-secret-value"), std::string::npos)
+      << b.failure.message;
 }
 
 }  // namespace

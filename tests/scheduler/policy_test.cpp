@@ -46,7 +46,9 @@ TEST_F(PolicyTest, MetaRenewsWeeklyAndEarlierWhenTheUserTokenIsAboutToExpire) {
   u.expires_at = kNow + days(60);
   EXPECT_EQ(policy_.next_refresh(u, kNow), kNow + days(7));
   u.expires_at = kNow + days(2);
-  EXPECT_EQ(policy_.next_refresh(u, kNow), kNow + 32h) << "two thirds of a 2-day lifetime";
+  EXPECT_EQ(policy_.next_refresh(u, kNow), kNow) << "added two days from expiry: renewed at once";
+  u.last_refreshed_at = kNow;  // renewed by us, and the provider gave it only two days
+  EXPECT_EQ(policy_.next_refresh(u, kNow), kNow + 32h) << "two thirds of a known 2-day lifetime";
 }
 
 TEST_F(PolicyTest, GoogleRenewsEveryThirtyDaysWhateverTheAccessTokenExpiry) {
@@ -69,6 +71,9 @@ TEST_F(PolicyTest, TikTokLifetimeShorterThanRenewBeforeRenewsAtTwoThirds) {
   TokenRecord r = token(Provider::kTikTok, TokenKind::kRefreshToken);
   r.expires_at = kNow + 24h;
   r.refresh_expires_at = kNow + days(365);
+  EXPECT_EQ(policy_.next_refresh(r, kNow), kNow)
+      << "just added: its whole lifetime is unknown, so renew now to learn it";
+  r.last_refreshed_at = kNow;
   EXPECT_EQ(policy_.next_refresh(r, kNow), kNow + 16h);
   r.expires_at = kNow + 2h;
   EXPECT_EQ(policy_.next_refresh(r, kNow), kNow + 80min);

@@ -19,7 +19,7 @@ namespace {
 using namespace std::chrono_literals;
 using std::chrono::days;
 
-enum class Profile { kMetaPage, kMetaUser, kGoogle, kTikTokBusiness, kTikTokV2, kApiKey };
+enum class Profile { kMetaPage, kMetaUser, kGoogle, kTikTokBusiness, kTikTokV2, kAppToken };
 constexpr int kProfiles = 6;
 
 struct Sim {
@@ -72,17 +72,18 @@ TokenRecord make_record(Profile p, const std::string& id, SysTime start) {
       r.expires_at = start + 24h;
       r.refresh_expires_at = start + days(365);
       break;
-    case Profile::kApiKey:
-      r.provider = Provider::kGoogle;
-      r.kind = TokenKind::kApiKey;
+    case Profile::kAppToken:
+      r.provider = Provider::kMeta;  // an app's own token: checked, never renewed
+      r.kind = TokenKind::kClientCredentials;
       r.has_refresh_token = false;
       break;
   }
   return r;
 }
 
-// When the provider's rule says a token renewed (or connected) at `anchor` is next renewed.
-std::optional<SysTime> expected_renewal(Profile p, SysTime anchor) {
+// When the provider's rule says a token renewed (or connected, `first`) at `anchor` is next
+// renewed.
+std::optional<SysTime> expected_renewal(Profile p, SysTime anchor, bool first) {
   switch (p) {
     case Profile::kMetaPage:
     case Profile::kMetaUser:
@@ -92,8 +93,10 @@ std::optional<SysTime> expected_renewal(Profile p, SysTime anchor) {
     case Profile::kTikTokBusiness:
       return anchor + days(27);  // 3 days before a 30-day expiry
     case Profile::kTikTokV2:
-      return anchor + 16h;  // 24 h lifetime < 72 h: at two thirds
-    case Profile::kApiKey:
+      // Added 24 h from expiry, inside renew_before: at once. Then its known 24 h lifetime is
+      // under 72 h: at two thirds.
+      return first ? anchor : anchor + 16h;
+    case Profile::kAppToken:
       return std::nullopt;
   }
   return std::nullopt;
@@ -118,7 +121,7 @@ void provider_renews(TokenRecord& r, Profile p, SysTime now) {
       r.expires_at = now + 24h;
       r.refresh_expires_at = now + days(365);
       break;
-    case Profile::kApiKey:
+    case Profile::kAppToken:
       break;
   }
 }
@@ -188,7 +191,7 @@ TEST(Schedule90Days, TenThousandTokensRenewedOnTimeAndCheckedEveryHour) {
         TokenRecord& r = s.record;
         if (r.next_refresh_due && *r.next_refresh_due <= now) {
           const SysTime anchor = s.last_refresh.value_or(s.start);
-          if (now != expected_renewal(s.profile, anchor)) ++s.bad_refresh_times;
+          if (now != expected_renewal(s.profile, anchor, !s.last_refresh)) ++s.bad_refresh_times;
           // Renewing after the access token (non-Google) or the refresh token expired is late.
           if ((s.profile != Profile::kGoogle && r.expires_at && *r.expires_at <= now) ||
               (r.refresh_expires_at && *r.refresh_expires_at <= now)) {
@@ -239,8 +242,8 @@ TEST(Schedule90Days, TenThousandTokensRenewedOnTimeAndCheckedEveryHour) {
     // Renewals: every one that fell due before the end, none missed.
     int expected = 0;
     SysTime anchor = s.start;
-    for (auto due = expected_renewal(s.profile, anchor); due && *due < end;
-         due = expected_renewal(s.profile, anchor)) {
+    for (auto due = expected_renewal(s.profile, anchor, true); due && *due < end;
+         due = expected_renewal(s.profile, anchor, false)) {
       ++expected;
       anchor = *due;
     }
@@ -251,8 +254,8 @@ TEST(Schedule90Days, TenThousandTokensRenewedOnTimeAndCheckedEveryHour) {
   EXPECT_EQ(refreshes_seen[static_cast<int>(Profile::kMetaPage)], 12);       // weekly: days 7..84
   EXPECT_EQ(refreshes_seen[static_cast<int>(Profile::kGoogle)], 2);          // days 30, 60
   EXPECT_EQ(refreshes_seen[static_cast<int>(Profile::kTikTokBusiness)], 3);  // days 27, 54, 81
-  EXPECT_EQ(refreshes_seen[static_cast<int>(Profile::kTikTokV2)], 134);      // every 16 h
-  EXPECT_EQ(refreshes_seen[static_cast<int>(Profile::kApiKey)], 0);
+  EXPECT_EQ(refreshes_seen[static_cast<int>(Profile::kTikTokV2)], 135);  // at once, then every 16 h
+  EXPECT_EQ(refreshes_seen[static_cast<int>(Profile::kAppToken)], 0);
   EXPECT_GE(events, std::int64_t{kTokens} * 24 * 90 - kTokens);
 }
 

@@ -16,6 +16,8 @@ class FaultyStore final : public TokenStore {
     save_code_ = code;
   }
   int saves_refused() const { return saves_refused_; }
+  // read_secrets() of this token fails as if its ciphertext did not decrypt.
+  void fail_reads_for(std::string id) { unreadable_ = std::move(id); }
 
   Result<UpsertResult> upsert(const NewToken& t, const TokenSecrets& s, SysTime now,
                               const ScheduleFn& f) override {
@@ -26,6 +28,9 @@ class FaultyStore final : public TokenStore {
   Result<bool> remove(std::string_view id) override { return inner_.remove(id); }
   Result<std::vector<StateCounts>> count_by_state() override { return inner_.count_by_state(); }
   Result<TokenSecrets> read_secrets(const TokenRecord& r) override {
+    if (r.id == unreadable_) {
+      return Error(Errc::kCorrupt, "cannot decrypt access_token of token " + r.id + " (injected)");
+    }
     return inner_.read_secrets(r);
   }
   Result<std::optional<SysTime>> earliest_due(const ProviderSet& p) override {
@@ -39,8 +44,9 @@ class FaultyStore final : public TokenStore {
                             Seconds lease) override {
     return inner_.claim(id, now, owner, lease);
   }
-  Result<std::size_t> extend_leases(const std::vector<LeaseRef>& l, std::string_view owner,
-                                    SysTime now, Seconds lease) override {
+  Result<std::vector<std::string>> extend_leases(const std::vector<LeaseRef>& l,
+                                                 std::string_view owner, SysTime now,
+                                                 Seconds lease) override {
     return inner_.extend_leases(l, owner, now, lease);
   }
   Status save(const TokenRecord& r, const TokenSecrets* s, std::string_view owner,
@@ -62,6 +68,7 @@ class FaultyStore final : public TokenStore {
   int save_failures_ = 0;
   Errc save_code_ = Errc::kBusy;
   int saves_refused_ = 0;
+  std::string unreadable_;
 };
 
 }  // namespace tw::testing

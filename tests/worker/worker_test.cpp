@@ -39,23 +39,36 @@ class FakeProvider final : public ProviderClient {
     call(Operation::kCheck, t, s, std::move(done));
   }
 
+  bool renew_before_check(const TokenRecord&, const TokenSecrets&) const override {
+    return renew_before;
+  }
+
   void set_reply(Reply r) { reply_ = std::move(r); }
+  const std::vector<std::string>& ids_seen() const { return ids_seen_; }
+  bool renew_before = false;  // what renew_before_check() answers
   void hold(bool on) { hold_ = on; }
   // Delivers every held reply.
   void release_held() {
     while (!held_.empty()) {
-      auto next = std::move(held_.front());
+      auto next = std::move(held_.front().second);
       held_.pop_front();
       boost::asio::post(io_, std::move(next));
     }
   }
   std::size_t held() const { return held_.size(); }
+  bool holding(const std::string& id) const {
+    for (const auto& [held_id, fn] : held_) {
+      if (held_id == id) return true;
+    }
+    return false;
+  }
   int calls(Operation op) const { return op == Operation::kRefresh ? refreshes_ : checks_; }
   int max_concurrent() const { return max_concurrent_; }
 
  private:
   void call(Operation op, const TokenRecord& t, const TokenSecrets& s, Done done) {
     ++(op == Operation::kRefresh ? refreshes_ : checks_);
+    ids_seen_.push_back(t.id);
     max_concurrent_ = std::max(max_concurrent_, ++concurrent_);
     Outcome o = reply_ ? reply_(op, t, s) : Outcome::success(op);
     auto deliver = [this, o = std::move(o), done = std::move(done)]() mutable {
@@ -63,7 +76,7 @@ class FakeProvider final : public ProviderClient {
       done(std::move(o));
     };
     if (hold_) {
-      held_.push_back(std::move(deliver));
+      held_.emplace_back(t.id, std::move(deliver));
     } else {
       boost::asio::post(io_, std::move(deliver));
     }
@@ -73,7 +86,8 @@ class FakeProvider final : public ProviderClient {
   boost::asio::io_context& io_;
   Reply reply_;
   bool hold_ = false;
-  std::deque<std::function<void()>> held_;
+  std::deque<std::pair<std::string, std::function<void()>>> held_;
+  std::vector<std::string> ids_seen_;
   int refreshes_ = 0, checks_ = 0, concurrent_ = 0, max_concurrent_ = 0;
 };
 
@@ -88,14 +102,12 @@ class WorkerTest : public ::testing::Test {
     WorkerOptions options;
     options.max_in_flight = max_in_flight;
     options.limits[Provider::kTikTok] = limits;
-    auto timer = std::make_unique<ManualWakeTimer>();
-    timer_ = timer.get();
     LogConfig lc;
     lc.level = "debug";
     log_ = make_logger("test", lc, log_lines_);
     worker_ = std::make_unique<Worker>(io_.get_executor(), scheduler_, faulty_,
                                        std::vector<ProviderClient*>{&tiktok_}, clock_, options,
-                                       log_, std::move(timer));
+                                       log_, timers_.factory());
   }
 
   std::string add(const std::string& account, std::optional<Seconds> lifetime = 30 * 24h) {
@@ -107,21 +119,31 @@ class WorkerTest : public ::testing::Test {
     return r->record.id;
   }
 
-  // Runs everything ready on the loop.
+  // Runs everything ready on the loop. (An io_context that runs out of work stops itself:
+  // restart() makes later posts run.)
   void settle() {
+    io_.restart();
     while (io_.poll() > 0) {
     }
   }
 
-  // Fires the wake timer whenever it comes due, moving the fake clock, up to `end` included.
-  void run_until(SysTime end) {
+  // Fires the worker's timers as they come due, moving the fake clock, up to `end` included.
+  // Returns how many fired.
+  int run_until(SysTime end) {
     settle();
-    while (timer_->armed_at() && *timer_->armed_at() <= end) {
-      if (*timer_->armed_at() > clock_.now()) clock_.advance(*timer_->armed_at() - clock_.now());
-      timer_->fire();
+    int fired = 0;
+    while (auto next = timers_.next_due()) {
+      if (*next > WallTime(end)) break;
+      if (*next > clock_.system_now()) clock_.advance(*next - clock_.system_now());
+      fired += timers_.fire_due(clock_.system_now());
       settle();
+      if (fired > 100'000) {
+        ADD_FAILURE() << "the loop keeps waking: a busy loop";
+        break;
+      }
     }
     if (end > clock_.now()) clock_.advance(end - clock_.now());
+    return fired;
   }
 
   TokenRecord get(const std::string& id) { return **store_->find(id); }
@@ -136,7 +158,7 @@ class WorkerTest : public ::testing::Test {
   FakeProvider tiktok_{Provider::kTikTok, io_};
   std::ostringstream log_lines_;
   std::shared_ptr<spdlog::logger> log_;
-  ManualWakeTimer* timer_ = nullptr;
+  ManualTimers timers_;
   std::unique_ptr<Worker> worker_;
 };
 
@@ -163,8 +185,9 @@ TEST_F(WorkerTest, RenewsAndChecksOnScheduleForDays) {
   });
   worker_->start();
   run_until(kStart + days(3));
-  // 2-day tokens renew at two thirds of their life (32 h): at 32 h and 64 h.
-  EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 40);
+  // Added two days from expiry (inside renew_before): renewed at once; then at two thirds of
+  // their known 2-day lifetime: at 0, 32 h and 64 h.
+  EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 60);
   // One check an hour each, for 72 hours (71 or 72 depending on each token's slot).
   EXPECT_GE(tiktok_.calls(Operation::kCheck), 20 * 71);
   EXPECT_LE(tiktok_.calls(Operation::kCheck), 20 * 72);
@@ -175,7 +198,7 @@ TEST_F(WorkerTest, RenewsAndChecksOnScheduleForDays) {
     EXPECT_GT(*r.next_refresh_due, clock_.now());
     EXPECT_GT(*r.next_check_due, clock_.now() - 1h);
   }
-  EXPECT_EQ(worker_->stats().refreshes_ok, 40u);
+  EXPECT_EQ(worker_->stats().refreshes_ok, 60u);
   // The log has one line per operation and never a secret.
   const std::string logs = log_lines_.str();
   EXPECT_NE(logs.find("renewal of tok_"), std::string::npos);
@@ -255,11 +278,9 @@ TEST_F(WorkerTest, ARotatedTokenIsCommittedEvenWhenTheDatabaseIsBusyAtFirst) {
   faulty_.fail_saves(2, Errc::kBusy);
   std::optional<std::vector<ForcedResult>> results;
   worker_->run_now({id}, Operation::kRefresh, [&](auto r) { results = std::move(r); });
-  // The two retries wait on real timers (100 ms, then 200 ms).
-  for (int i = 0; i < 50 && !results; ++i)
-    io_.run_for(50ms);
+  run_until(clock_.now() + 1s);  // retries after 100 ms, then 200 ms (fake time)
   ASSERT_TRUE(results);
-  EXPECT_TRUE((*results)[0].ok) << (*results)[0].message;
+  EXPECT_EQ((*results)[0].status, ForcedResult::Status::kOk) << (*results)[0].message;
   EXPECT_EQ(faulty_.saves_refused(), 2);
   EXPECT_EQ(worker_->stats().commit_retries, 2u);
   EXPECT_EQ(store_->read_secrets(get(id))->refresh_token.reveal(), "rft.SECRET-7");
@@ -285,14 +306,14 @@ TEST_F(WorkerTest, ForcedWorkReportsEachToken) {
   settle();
   ASSERT_TRUE(results);
   ASSERT_EQ(results->size(), 4u);
-  EXPECT_FALSE((*results)[0].ok);
+  EXPECT_EQ((*results)[0].status, ForcedResult::Status::kBusy);
   EXPECT_NE((*results)[0].message.find("busy"), std::string::npos) << (*results)[0].message;
-  EXPECT_FALSE((*results)[1].ok);
+  EXPECT_EQ((*results)[1].status, ForcedResult::Status::kFailed);
   EXPECT_EQ((*results)[1].state, TokenState::kNeedsReauth);
   EXPECT_NE((*results)[1].message.find("invalid_grant"), std::string::npos);
-  EXPECT_FALSE((*results)[2].ok);
+  EXPECT_EQ((*results)[2].status, ForcedResult::Status::kRefused);
   EXPECT_NE((*results)[2].message.find("disabled"), std::string::npos);
-  EXPECT_EQ((*results)[3].message, "no such token");
+  EXPECT_EQ((*results)[3].status, ForcedResult::Status::kNotFound);
   EXPECT_TRUE(get(off).lease_owner.empty()) << "refused tokens are released";
 }
 
@@ -306,7 +327,7 @@ TEST_F(WorkerTest, StopLetsRequestsInFlightFinishAndReleasesTheRest) {
   settle();
   ASSERT_EQ(tiktok_.held(), 2u);
   bool stopped = false;
-  worker_->stop(20s, [&] { stopped = true; });
+  worker_->stop(20s, nullptr, [&] { stopped = true; });
   settle();
   EXPECT_FALSE(stopped) << "two requests are still in flight";
   tiktok_.release_held();
@@ -328,7 +349,6 @@ TEST_F(WorkerTest, StopLetsRequestsInFlightFinishAndReleasesTheRest) {
 }
 
 TEST_F(WorkerTest, AThrottleHintPausesTheProvider) {
-  build();
   for (int i = 0; i < 3; ++i)
     add("acct-" + std::to_string(i), std::nullopt);
   tiktok_.set_reply([](Operation op, const TokenRecord&, const TokenSecrets&) {
@@ -339,13 +359,324 @@ TEST_F(WorkerTest, AThrottleHintPausesTheProvider) {
   ProviderLimits one_at_a_time;
   one_at_a_time.burst = 1;
   one_at_a_time.requests_per_second = 1000;
-  worker_.reset();
-  build(64, one_at_a_time);
+  build(/*max_in_flight=*/1, one_at_a_time);
   worker_->start();
   run_until(kStart + 5min);
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 1) << "paused for ten minutes after the first";
   run_until(kStart + 21min);
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 3);
+}
+
+TEST_F(WorkerTest, AHalfOpenProbeInFlightDoesNotSpinTheLoop) {
+  ProviderLimits limits;
+  limits.breaker_failures = 1;
+  limits.breaker_cooldown = 30s;
+  build(/*max_in_flight=*/1, limits);
+  for (int i = 0; i < 4; ++i)
+    add("acct-" + std::to_string(i), std::nullopt);
+  tiktok_.set_reply([](Operation op, const TokenRecord&, const TokenSecrets&) {
+    return Outcome::failed(op, ErrorClass::kTransient, "HTTP 503");
+  });
+  worker_->start();
+  run_until(kStart + 1s);  // the first failure opens the breaker; the rest are put off
+  ASSERT_EQ(tiktok_.calls(Operation::kRefresh), 1);
+  tiktok_.hold(true);
+  run_until(kStart + 40s);  // the probe goes out after the cooldown... and hangs
+  EXPECT_EQ(tiktok_.held(), 1u);
+  const int fired = run_until(kStart + 2min);
+  EXPECT_LT(fired, 20) << "waiting for the probe must not wake the loop over and over";
+  tiktok_.set_reply(
+      [](Operation op, const TokenRecord&, const TokenSecrets&) { return Outcome::success(op); });
+  tiktok_.release_held();
+  tiktok_.hold(false);
+  run_until(kStart + 10min);
+  EXPECT_GE(tiktok_.calls(Operation::kRefresh), 4) << "after the probe the rest go through";
+}
+
+TEST_F(WorkerTest, AProbeThatNeverWentOutDoesNotStallTheProvider) {
+  ProviderLimits limits;
+  limits.breaker_failures = 1;
+  limits.breaker_cooldown = 30s;
+  build(/*max_in_flight=*/1, limits);
+  const std::string bad = add("bad-secret", std::nullopt);
+  const std::string good = add("good", std::nullopt);
+  // One token's secrets no longer decrypt: if it is picked as the half-open probe, no request
+  // goes out for it. The provider must not stay shut because of that.
+  faulty_.fail_reads_for(bad);
+  tiktok_.set_reply([](Operation op, const TokenRecord&, const TokenSecrets&) {
+    return Outcome::failed(op, ErrorClass::kTransient, "HTTP 503");
+  });
+  worker_->start();
+  run_until(kStart + 1s);
+  ASSERT_EQ(tiktok_.calls(Operation::kRefresh), 1) << "the breaker opened after one failure";
+  tiktok_.set_reply(
+      [](Operation op, const TokenRecord&, const TokenSecrets&) { return Outcome::success(op); });
+  run_until(kStart + 1h);
+  EXPECT_TRUE(get(good).last_refreshed_at) << "the good token got through after the cooldown";
+  EXPECT_EQ(get(good).state, TokenState::kActive);
+  EXPECT_EQ(get(bad).last_error_class, ErrorClass::kConfiguration);
+}
+
+TEST_F(WorkerTest, ACheckThatNeedsAFreshAccessTokenRenewsAndCommitsFirst) {
+  build();
+  const std::string id = add("acct", 3 * 24h);
+  tiktok_.renew_before = true;  // the stored access token has expired
+  std::string stored_at_check;
+  tiktok_.set_reply([&](Operation op, const TokenRecord& t, const TokenSecrets& sent) {
+    if (op == Operation::kRefresh) {
+      tiktok_.renew_before = false;
+      return renewed(op, 41);
+    }
+    // By the time the check goes out, the rotated pair is in the store, and it is what was sent.
+    stored_at_check = std::string(store_->read_secrets(t)->refresh_token.reveal());
+    EXPECT_EQ(sent.access_token.reveal(), "act.SECRET-41");
+    return Outcome::success(op);
+  });
+  std::optional<std::vector<ForcedResult>> results;
+  worker_->run_now({id}, Operation::kCheck, [&](auto r) { results = std::move(r); });
+  settle();
+  ASSERT_TRUE(results);
+  EXPECT_EQ((*results)[0].status, ForcedResult::Status::kOk) << (*results)[0].message;
+  EXPECT_EQ(stored_at_check, "rft.SECRET-41");
+  EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 1);
+  EXPECT_EQ(tiktok_.calls(Operation::kCheck), 1);
+}
+
+TEST_F(WorkerTest, ARefusedAccessTokenIsRenewedAndTheCheckTriedOnceMore) {
+  build();
+  const std::string id = add("acct", 3 * 24h);
+  std::string stored_at_check;
+  int checks = 0;
+  tiktok_.set_reply([&](Operation op, const TokenRecord& t, const TokenSecrets& sent) {
+    if (op == Operation::kRefresh) return renewed(op, 42);
+    ++checks;
+    stored_at_check = std::string(store_->read_secrets(t)->refresh_token.reveal());
+    if (sent.access_token.reveal() == "act.SECRET-0") {
+      Outcome o = Outcome::failed(op, ErrorClass::kPermanent, "access_token_invalid");
+      o.renew_and_retry = true;
+      return o;
+    }
+    return Outcome::success(op);
+  });
+  std::optional<std::vector<ForcedResult>> results;
+  worker_->run_now({id}, Operation::kCheck, [&](auto r) { results = std::move(r); });
+  settle();
+  ASSERT_TRUE(results);
+  EXPECT_EQ((*results)[0].status, ForcedResult::Status::kOk) << (*results)[0].message;
+  EXPECT_EQ(checks, 2);
+  EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 1);
+  EXPECT_EQ(stored_at_check, "rft.SECRET-42") << "committed before the second check went out";
+  EXPECT_EQ(get(id).state, TokenState::kActive);
+}
+
+TEST_F(WorkerTest, ACheckRefusedAgainAfterARenewalStands) {
+  build();
+  const std::string id = add("acct", 3 * 24h);
+  tiktok_.set_reply([](Operation op, const TokenRecord&, const TokenSecrets&) {
+    if (op == Operation::kRefresh) return renewed(op, 5);
+    Outcome o = Outcome::failed(op, ErrorClass::kPermanent, "access_token_invalid");
+    o.renew_and_retry = true;
+    return o;
+  });
+  std::optional<std::vector<ForcedResult>> results;
+  worker_->run_now({id}, Operation::kCheck, [&](auto r) { results = std::move(r); });
+  settle();
+  ASSERT_TRUE(results);
+  EXPECT_EQ((*results)[0].status, ForcedResult::Status::kFailed);
+  EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 1) << "renewed once, not in a loop";
+  EXPECT_EQ(tiktok_.calls(Operation::kCheck), 2);
+  EXPECT_EQ(get(id).state, TokenState::kNeedsReauth);
+  EXPECT_EQ(store_->read_secrets(get(id))->refresh_token.reveal(), "rft.SECRET-5");
+}
+
+TEST_F(WorkerTest, ForcedWorkOnMoreTokensThanSlotsKeepsEveryLease) {
+  SchedulerConfig short_lease;
+  short_lease.lease = 30s;
+  Scheduler scheduler(faulty_, policy_, clock_, short_lease, "cli:1",
+                      ProviderSet{Provider::kTikTok});
+  WorkerOptions options;
+  options.max_in_flight = 2;
+  options.scheduler = short_lease;
+  LogConfig lc;
+  auto log = make_logger("test", lc, log_lines_);
+  Worker worker(io_.get_executor(), scheduler, faulty_, {&tiktok_}, clock_, options, log,
+                timers_.factory());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 10; ++i)
+    ids.push_back(add("acct-" + std::to_string(i), 30 * 24h));
+  tiktok_.hold(true);
+  std::optional<std::vector<ForcedResult>> results;
+  worker.run_now(ids, Operation::kRefresh, [&](auto r) { results = std::move(r); });
+  settle();
+  EXPECT_EQ(worker.in_hand(), 2u) << "claimed as slots allow, not all at once";
+  // The provider is slow: two minutes per reply, four times the lease.
+  for (int round = 0; round < 5; ++round) {
+    run_until(clock_.now() + 2min);
+    // A daemon beside it may take tokens the forced run has not claimed yet, never one in hand.
+    auto taken = store_->claim_due(clock_.now() + 1s, 100, "daemon", 5min, kAllProviders);
+    for (const DueToken& d : *taken) {
+      EXPECT_FALSE(tiktok_.holding(d.record.id)) << d.record.id << " is in flight";
+      ASSERT_TRUE(store_->save(d.record, nullptr, "daemon", LeaseAction::kRelease));
+    }
+    tiktok_.release_held();
+    settle();
+  }
+  run_until(clock_.now() + 1s);
+  ASSERT_TRUE(results);
+  for (const auto& r : *results)
+    EXPECT_EQ(r.status, ForcedResult::Status::kOk) << r.message;
+}
+
+TEST_F(WorkerTest, StopWaitsForARetriedCommitOfRotatedSecrets) {
+  build();
+  const std::string id = add("rot", std::nullopt);
+  tiktok_.set_reply(
+      [](Operation op, const TokenRecord&, const TokenSecrets&) { return renewed(op, 9); });
+  faulty_.fail_saves(1000, Errc::kStorage);  // the disk is full
+  worker_->start();
+  run_until(kStart + 1s);
+  EXPECT_GT(faulty_.saves_refused(), 0);
+  bool stopped = false;
+  worker_->stop(5s, nullptr, [&] { stopped = true; });
+  run_until(kStart + 3s);
+  EXPECT_FALSE(stopped) << "renewed secrets are still waiting to be stored";
+  faulty_.fail_saves(0);  // space freed
+  run_until(kStart + 40s);
+  EXPECT_TRUE(stopped);
+  EXPECT_EQ(store_->read_secrets(get(id))->refresh_token.reveal(), "rft.SECRET-9");
+}
+
+TEST_F(WorkerTest, StopDoesNotWaitForAQueuedCheck) {
+  build();
+  const std::string id = add("both", std::nullopt);
+  TokenRecord r = get(id);
+  ASSERT_TRUE(store_->claim(id, clock_.now(), "setup", 1s));
+  r = get(id);
+  r.next_refresh_due = clock_.now();
+  r.next_check_due = clock_.now();
+  ASSERT_TRUE(store_->save(r, nullptr, "setup", LeaseAction::kRelease));
+  tiktok_.hold(true);
+  worker_->start();
+  settle();
+  ASSERT_EQ(tiktok_.held(), 1u);  // the renewal; its check would follow
+  bool stopped = false;
+  worker_->stop(20s, nullptr, [&] { stopped = true; });
+  tiktok_.release_held();
+  settle();
+  EXPECT_TRUE(stopped) << "no new step starts while stopping";
+  EXPECT_EQ(tiktok_.calls(Operation::kCheck), 0);
+  EXPECT_TRUE(get(id).lease_owner.empty());
+  EXPECT_LE(*get(id).next_check_due, clock_.now()) << "the check is still due, for the next run";
+}
+
+TEST_F(WorkerTest, ATokenRemovedMidFlightIsDroppedNotRetriedForever) {
+  build();
+  const std::string id = add("gone", std::nullopt);
+  tiktok_.hold(true);
+  worker_->start();
+  settle();
+  ASSERT_TRUE(*store_->remove(id));
+  tiktok_.release_held();
+  run_until(kStart + 10min);
+  EXPECT_EQ(worker_->in_hand(), 0u);
+  EXPECT_EQ(worker_->stats().commit_retries, 0u);
+  EXPECT_EQ(worker_->stats().results_dropped, 1u);
+}
+
+// A worker with a slow bucket, so that a second token waits in hand while the first is out.
+struct SlowLane {
+  SlowLane(WorkerTest& t, testing::FaultyStore& store, const Policy& policy, const Clock& clock,
+           FakeProvider& provider, std::ostringstream& lines, ManualTimers& timers,
+           boost::asio::io_context& io) {
+    sc.lease = 30s;
+    scheduler =
+        std::make_unique<Scheduler>(store, policy, clock, sc, "w", ProviderSet{Provider::kTikTok});
+    WorkerOptions options;
+    options.scheduler = sc;
+    ProviderLimits slow;
+    slow.requests_per_second = 0.05;  // one request per 20 s
+    slow.burst = 1;
+    options.limits[Provider::kTikTok] = slow;
+    worker = std::make_unique<Worker>(io.get_executor(), *scheduler, store,
+                                      std::vector<ProviderClient*>{&provider}, clock, options,
+                                      make_logger("test", LogConfig{}, lines), timers.factory());
+    (void)t;
+  }
+  SchedulerConfig sc;
+  std::unique_ptr<Scheduler> scheduler;
+  std::unique_ptr<Worker> worker;
+};
+
+TEST_F(WorkerTest, AQueuedTokenTakenOverByAnotherWorkerIsDropped) {
+  SlowLane lane(*this, faulty_, policy_, clock_, tiktok_, log_lines_, timers_, io_);
+  const std::string a = add("a", std::nullopt);
+  const std::string b = add("b", std::nullopt);
+  tiktok_.hold(true);
+  lane.worker->start();
+  settle();
+  ASSERT_EQ(tiktok_.ids_seen().size(), 1u);
+  ASSERT_EQ(lane.worker->in_hand(), 2u) << "one in flight, one waiting for the bucket";
+  const std::string waiting = tiktok_.ids_seen()[0] == a ? b : a;
+  // The waiting token's customer reconnects and another host claims it at once.
+  add(waiting == a ? "a" : "b", std::nullopt);
+  ASSERT_TRUE(store_->claim(waiting, clock_.now(), "other-host", 5min));
+  run_until(clock_.now() + 15s);  // the lease timer finds out at 10 s
+  run_until(clock_.now() + 10s);  // the bucket refills at 20 s: the lost job is dropped, not sent
+  EXPECT_EQ(tiktok_.ids_seen().size(), 1u) << "nothing was sent for the lost token";
+  EXPECT_EQ(lane.worker->stats().results_dropped, 1u);
+  tiktok_.release_held();
+  settle();
+}
+
+TEST_F(WorkerTest, AWaitingTokenReconnectedMeanwhileIsWorkedOnWithTheNewGrant) {
+  SlowLane lane(*this, faulty_, policy_, clock_, tiktok_, log_lines_, timers_, io_);
+  const std::string a = add("a", std::nullopt);
+  const std::string b = add("b", std::nullopt);
+  tiktok_.hold(true);
+  lane.worker->start();
+  settle();
+  ASSERT_EQ(lane.worker->in_hand(), 2u);
+  const std::string waiting = tiktok_.ids_seen()[0] == a ? b : a;
+  NewToken t{
+      Provider::kTikTok, TokenKind::kBusinessToken, "ws", waiting == a ? "a" : "b", "", {}, {}};
+  ASSERT_TRUE(store_->upsert(t, TokenSecrets{Secret("act.NEW"), Secret("rft.NEW")}, clock_.now(),
+                             [&](TokenRecord& r) { policy_.schedule_new(r, clock_.now()); }));
+  std::string sent;
+  tiktok_.hold(false);
+  tiktok_.set_reply([&](Operation op, const TokenRecord& tr, const TokenSecrets& s) {
+    if (tr.id == waiting) sent = std::string(s.refresh_token.reveal());
+    return renewed(op, 3);
+  });
+  run_until(clock_.now() + 30s);
+  EXPECT_EQ(sent, "rft.NEW") << "the request used the reconnected secrets";
+  EXPECT_EQ(store_->read_secrets(get(waiting))->refresh_token.reveal(), "rft.SECRET-3");
+  tiktok_.release_held();
+  settle();
+}
+
+TEST_F(WorkerTest, AReclaimedTokenAlreadyInHandIsNotWorkedTwice) {
+  SchedulerConfig sc;
+  sc.lease = 30s;
+  Scheduler scheduler(faulty_, policy_, clock_, sc, "w", ProviderSet{Provider::kTikTok});
+  WorkerOptions options;
+  options.scheduler = sc;
+  LogConfig lc;
+  auto log = make_logger("test", lc, log_lines_);
+  Worker worker(io_.get_executor(), scheduler, faulty_, {&tiktok_}, clock_, options, log,
+                timers_.factory());
+  const std::string id = add("slow", std::nullopt);
+  tiktok_.hold(true);
+  worker.start();
+  settle();
+  ASSERT_EQ(tiktok_.held(), 1u);
+  // The wall clock jumps an hour ahead: the lease has expired and the token is due again.
+  clock_.set_system(clock_.system_now() + 1h);
+  run_until(clock_.now() + 1s);
+  EXPECT_EQ(tiktok_.held(), 1u) << "still one request for the token";
+  tiktok_.release_held();
+  settle();
+  EXPECT_TRUE(get(id).last_refreshed_at) << "and its outcome is stored";
+  EXPECT_EQ(worker.stats().results_dropped, 0u);
 }
 
 }  // namespace

@@ -1,0 +1,325 @@
+// Black-box tests of the tokenwarden-sim binary: start it on port 0, talk to it over loopback with
+// libcurl, stop it with SIGTERM. Waiting is done by poll() on a pipe or a pidfd with a deadline,
+// never by sleeping.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests/test_util.h"
+
+#ifndef TW_SIM_BINARY
+#define TW_SIM_BINARY "/tmp/simbuild2/build/tokenwarden-sim"
+#endif
+
+extern char** environ;
+
+namespace tw::sim {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+constexpr auto kDeadline = 10s;
+
+// The simulator as a child process: stdout on a pipe, stderr into a file.
+class SimProcess {
+ public:
+  SimProcess(const std::vector<std::string>& args, const std::string& stderr_file) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) die("pipe2 failed");
+    stdout_ = fds[0];
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_file.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    std::vector<std::string> argv_text = {TW_SIM_BINARY};
+    argv_text.insert(argv_text.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    argv.reserve(argv_text.size() + 1);
+    for (auto& a : argv_text)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (::posix_spawn(&pid_, TW_SIM_BINARY, &actions, nullptr, argv.data(), environ) != 0) {
+      die("posix_spawn failed");
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(fds[1]);
+    pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
+    if (pidfd_ < 0) die("pidfd_open failed");
+  }
+  ~SimProcess() {
+    if (exit_status_ < 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    ::close(stdout_);
+    ::close(pidfd_);
+  }
+  SimProcess(const SimProcess&) = delete;
+  SimProcess& operator=(const SimProcess&) = delete;
+
+  // The first line the process prints, or nothing if it prints none before the deadline.
+  std::optional<std::string> first_line() {
+    std::string text;
+    const auto deadline = std::chrono::steady_clock::now() + kDeadline;
+    while (text.find('\n') == std::string::npos) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      pollfd p{stdout_, POLLIN, 0};
+      if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+        return std::nullopt;
+      }
+      char buffer[256];
+      const ssize_t n = ::read(stdout_, buffer, sizeof buffer);
+      if (n <= 0) return std::nullopt;
+      text.append(buffer, static_cast<std::size_t>(n));
+    }
+    return text.substr(0, text.find('\n'));
+  }
+
+  // Waits for the process to exit; its exit status, or -1 if it is still running at the deadline
+  // or died of a signal.
+  int wait() {
+    pollfd p{pidfd_, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kDeadline).count())) != 1) {
+      return -1;
+    }
+    int status = 0;
+    if (::waitpid(pid_, &status, 0) != pid_) return -1;
+    exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return exit_status_;
+  }
+  int terminate() {
+    ::kill(pid_, SIGTERM);
+    return wait();
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int stdout_ = -1;
+  int pidfd_ = -1;
+  int exit_status_ = -1;
+};
+
+struct HttpResult {
+  CURLcode code = CURLE_OK;
+  long status = 0;
+  std::string body;
+};
+
+size_t append(char* data, size_t size, size_t count, void* out) {
+  static_cast<std::string*>(out)->append(data, size * count);
+  return size * count;
+}
+
+HttpResult http(const std::string& method, const std::string& url, const std::string& body = {},
+                const std::vector<std::string>& headers = {}, const std::string& ca_file = {}) {
+  HttpResult result;
+  CURL* curl = curl_easy_init();
+  curl_slist* list = nullptr;
+  for (const auto& h : headers)
+    list = curl_slist_append(list, h.c_str());
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
+  if (method == "POST") curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
+  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 10L);
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  if (!ca_file.empty()) curl_easy_setopt(curl, CURLOPT_CAINFO, ca_file.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &append);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &result.body);
+  result.code = curl_easy_perform(curl);
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &result.status);
+  curl_slist_free_all(list);
+  curl_easy_cleanup(curl);
+  return result;
+}
+
+// A running simulator on a free port.
+class SimBinaryTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+  void start(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"--port", "0", "--port-file", dir.file("port")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    sim.emplace(args, dir.file("stderr"));
+    const auto line = sim->first_line();
+    ASSERT_TRUE(line.has_value()) << testing::read_file(dir.file("stderr"));
+    port = testing::read_file(dir.file("port"));
+    ASSERT_FALSE(port.empty());
+    ASSERT_EQ(port.back(), '\n');
+    port.pop_back();
+    const std::string scheme = line->find("https://") != std::string::npos ? "https" : "http";
+    base = scheme + "://127.0.0.1:" + port;
+    EXPECT_EQ(*line, "listening on " + base);
+  }
+
+  json post(const std::string& path, const json& body) {
+    const HttpResult r = http("POST", base + path, body.dump(), {}, ca_file);
+    EXPECT_EQ(r.code, CURLE_OK) << path;
+    EXPECT_EQ(r.status, 200) << path << " " << r.body;
+    return json::parse(r.body, nullptr, false);
+  }
+  HttpResult google_refresh(const std::string& refresh_token) {
+    return http("POST", base + "/token",
+                "client_id=sim-google-client&client_secret=sim-google-secret&grant_type="
+                "refresh_token&refresh_token=" +
+                    refresh_token,
+                {}, ca_file);
+  }
+  json counters() {
+    return json::parse(http("GET", base + "/admin/counters", {}, {}, ca_file).body);
+  }
+
+  testing::TempDir dir;
+  std::optional<SimProcess> sim;
+  std::string port;
+  std::string base;
+  std::string ca_file;
+};
+
+TEST_F(SimBinaryTest, ServesProvidersAndAdminThenExitsZeroOnSigterm) {
+  start();
+  const json g = post("/admin/seed", {{"provider", "google"}, {"account_id", "accounts/1"}});
+  const HttpResult refreshed = google_refresh(g["refresh_token"]);
+  EXPECT_EQ(refreshed.status, 200);
+  const std::string access = json::parse(refreshed.body)["access_token"];
+  EXPECT_EQ(http("GET", base + "/tokeninfo?access_token=" + access).status, 200);
+  EXPECT_EQ(
+      http("GET", base + "/v1/accounts?pageSize=1", {}, {"Authorization: Bearer " + access}).status,
+      200);
+  EXPECT_EQ(http("GET", base + "/revoke").status, 404);
+  EXPECT_EQ(counters()["accounts"]["google:accounts/1"]["refreshes"], 1);
+  EXPECT_EQ(sim->terminate(), 0);
+}
+
+TEST_F(SimBinaryTest, DeliveryFaultsReachTheClient) {
+  start();
+  const json g = post("/admin/seed", {{"provider", "google"}, {"account_id", "a"}});
+  post("/admin/fault", {{"endpoint", "google.token"}, {"kind", "reset"}});
+  EXPECT_NE(google_refresh(g["refresh_token"]).code, CURLE_OK);
+  post("/admin/fault", {{"endpoint", "google.token"}, {"kind", "truncate"}});
+  EXPECT_NE(google_refresh(g["refresh_token"]).code, CURLE_OK);  // fewer bytes than promised
+  post("/admin/fault", {{"endpoint", "google.token"}, {"kind", "html"}});
+  EXPECT_EQ(google_refresh(g["refresh_token"]).status, 502);
+  EXPECT_EQ(google_refresh(g["refresh_token"]).status, 200);
+  EXPECT_EQ(sim->terminate(), 0);
+}
+
+TEST_F(SimBinaryTest, ServesTlsWithTheCertificateFromCaOut) {
+  start({"--tls", "--ca-out", dir.file("ca.pem")});
+  ASSERT_EQ(base.substr(0, 8), "https://");
+  ca_file = dir.file("ca.pem");
+  const json t = post("/admin/seed", {{"provider", "tiktok"}, {"account_id", "t1"}});
+  const HttpResult r = http("POST", base + "/v2/oauth/token/",
+                            "client_key=sim-tiktok-key&client_secret=sim-tiktok-secret&grant_type="
+                            "refresh_token&refresh_token=" +
+                                t["refresh_token"].get<std::string>(),
+                            {}, ca_file);
+  EXPECT_EQ(r.code, CURLE_OK);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_NE(http("GET", base + "/admin/clock").code, CURLE_OK);  // untrusted without the CA file
+  EXPECT_EQ(sim->terminate(), 0);
+}
+
+TEST_F(SimBinaryTest, VerboseLogNamesRequestsButNoSecrets) {
+  start({"--verbose"});
+  const json g = post("/admin/seed", {{"provider", "google"}, {"account_id", "a"}});
+  const std::string refresh = g["refresh_token"];
+  EXPECT_EQ(google_refresh(refresh).status, 200);
+  EXPECT_EQ(
+      http("GET", base + "/tokeninfo?access_token=" + g["access_token"].get<std::string>()).status,
+      200);
+  EXPECT_EQ(sim->terminate(), 0);
+  const std::string log = testing::read_file(dir.file("stderr"));
+  EXPECT_NE(log.find("POST /token 200 "), std::string::npos) << log;
+  EXPECT_NE(log.find("GET /tokeninfo 200 "), std::string::npos) << log;
+  EXPECT_EQ(log.find(refresh), std::string::npos);
+  EXPECT_EQ(log.find(g["access_token"].get<std::string>()), std::string::npos);
+  EXPECT_EQ(log.find("sim-google-secret"), std::string::npos);
+}
+
+TEST_F(SimBinaryTest, ConcurrentClientsAreAllServed) {
+  start({"--threads", "2"});
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 50;
+  const json seeded =
+      post("/admin/seed_bulk",
+           {{"provider", "google"}, {"prefix", "c"}, {"count", kThreads}, {"format", "json"}});
+  ASSERT_EQ(seeded.size(), static_cast<std::size_t>(kThreads));
+  std::vector<int> ok(kThreads, 0);
+  std::vector<std::thread> threads;
+  threads.reserve(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        if (google_refresh(seeded[static_cast<std::size_t>(t)]["refresh_token"]).status == 200) {
+          ++ok[static_cast<std::size_t>(t)];
+        }
+      }
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  for (int t = 0; t < kThreads; ++t)
+    EXPECT_EQ(ok[static_cast<std::size_t>(t)], kPerThread);
+  EXPECT_EQ(counters()["totals"]["refreshes"], kThreads * kPerThread);
+  EXPECT_EQ(sim->terminate(), 0);
+}
+
+TEST_F(SimBinaryTest, RefreshDuringADelayedOneIsCountedConcurrent) {
+  start();
+  const json g = post("/admin/seed", {{"provider", "google"}, {"account_id", "a"}});
+  post("/admin/fault", {{"endpoint", "google.token"}, {"kind", "delay"}, {"delay_ms", 3000}});
+  std::thread slow([&] { EXPECT_EQ(google_refresh(g["refresh_token"]).status, 200); });
+  // Wait (bounded) until the server has the slow refresh, then send a second one.
+  const auto deadline = std::chrono::steady_clock::now() + kDeadline;
+  while (counters()["by_endpoint"]["google.token"] != 1 &&
+         std::chrono::steady_clock::now() < deadline) {
+  }
+  EXPECT_EQ(google_refresh(g["refresh_token"]).status, 200);
+  slow.join();
+  EXPECT_EQ(counters()["accounts"]["google:a"]["concurrent_refreshes"], 1);
+  EXPECT_EQ(sim->terminate(), 0);
+}
+
+TEST(SimBinary, BadFlagsExitWithStatus2) {
+  testing::TempDir dir;
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"--port", "70000"}, {"--no-such-flag"}, {"--ca-out", "x.pem"}}) {
+    SimProcess sim(args, dir.file("stderr"));
+    EXPECT_EQ(sim.wait(), 2) << args[0];
+  }
+}
+
+TEST(SimBinary, BindFailureExitsWithStatus1AndAMessage) {
+  testing::TempDir dir;
+  SimProcess sim({"--listen", "192.0.2.1", "--port", "0"}, dir.file("stderr"));  // TEST-NET-1
+  EXPECT_EQ(sim.wait(), 1);
+  const std::string err = testing::read_file(dir.file("stderr"));
+  EXPECT_NE(err.find("cannot listen on 192.0.2.1"), std::string::npos) << err;
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1);
+}
+
+}  // namespace
+}  // namespace tw::sim
