@@ -357,6 +357,11 @@ struct CurlTransport::Impl : std::enable_shared_from_this<CurlTransport::Impl> {
       set(CURLOPT_HTTPGET, 1L);
     }
     if (t.header_list != nullptr) set(CURLOPT_HTTPHEADER, t.header_list);
+    if (req.once) {
+      // Never resent: only a request on a reused connection is retried by libcurl.
+      set(CURLOPT_FRESH_CONNECT, 1L);
+      set(CURLOPT_FORBID_REUSE, 1L);
+    }
     set(CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(config.connect_timeout.count()));
     set(CURLOPT_TIMEOUT_MS, static_cast<long>(config.total_timeout.count()));
     set(CURLOPT_SSL_VERIFYPEER, 1L);

@@ -31,6 +31,10 @@ struct HttpRequest {
   std::string log_url;         // the same URL with secret query values masked: safe to log
   std::vector<std::pair<std::string, std::string>> headers;  // may contain secrets
   std::string body;                                          // may contain secrets
+  // Must never reach the server twice: a renewal that may rotate a refresh token. Sent on a
+  // fresh connection, because libcurl silently resends a request when a reused keep-alive
+  // connection turns out to be dead, and the first copy may already have been processed.
+  bool once = false;
 };
 
 enum class TransportError {

@@ -49,6 +49,7 @@ class GoogleClient final : public ProviderClient {
                               Param{"client_secret", client_secret_.reveal(), true},
                               Param{"grant_type", "refresh_token"},
                               Param{"refresh_token", secrets.refresh_token.reveal(), true}});
+    req.once = true;  // a returned refresh token replaces the old one: never sent twice
     http_.send(std::move(req),
                [this, old = Secret(secrets.refresh_token), done = std::move(done)](HttpResponse r) {
                  Outcome o = read_grant(r, old);

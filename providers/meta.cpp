@@ -207,6 +207,7 @@ class MetaClient final : public ProviderClient {
         {Param{"grant_type", "fb_exchange_token"}, Param{"client_id", config_.app_id},
          Param{"client_secret", app_secret_.reveal(), true},
          Param{"fb_exchange_token", user_token.reveal(), true}});
+    req.once = true;  // a renewal
     http_.send(std::move(req), [this, old = Secret(user_token),
                                 done = std::move(done)](HttpResponse r) mutable {
       providers::WipeBodyOnExit wipe(r);

@@ -122,8 +122,9 @@ class TikTokClient final : public ProviderClient {
   using Reader = Outcome (TikTokClient::*)(HttpResponse&, const Secret&) const;
 
   // Sends `req`; `read` turns the reply into the outcome; `sent` is the secret the request
-  // carried (masked in any message).
+  // carried (masked in any message). Renewals rotate the refresh token: never sent twice.
   void send(HttpRequest req, const Secret& sent, Reader read, Done done) {
+    req.once = read == &TikTokClient::read_v2_token || read == &TikTokClient::read_business_token;
     http_.send(std::move(req),
                [this, sent = Secret(sent), read, done = std::move(done)](HttpResponse r) {
                  Outcome o = (this->*read)(r, sent);
@@ -161,6 +162,17 @@ class TikTokClient final : public ProviderClient {
       Failure f = providers::http_status_failure(r, kV2Token, now);
       f.message += " (" + why + ")";
       return providers::failed(Operation::kRefresh, std::move(f));
+    }
+    // The API-style error object {"error": {"code", "message"}} may come here too [U]: anything
+    // but "ok" is an error, retried as transient (it says nothing about the grant).
+    if (auto it = doc.find("error"); it != doc.end() && it->is_object()) {
+      const std::string code = providers::string_field(*it, "code");
+      if (!code.empty() && code != "ok") {
+        Failure f = providers::http_status_failure(r, kV2Token, now);
+        f.message += " (" + code + ": " +
+                     providers::scrub(providers::string_field(*it, "message"), {&old}) + ")";
+        return providers::failed(Operation::kRefresh, std::move(f));
+      }
     }
     if (r.status == 429 || r.status >= 500) {
       return providers::failed(Operation::kRefresh,

@@ -22,13 +22,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/support/child_process.h"
 #include "tests/test_util.h"
 
 #ifndef TW_SIM_BINARY
 #define TW_SIM_BINARY "/tmp/simbuild2/build/tokenwarden-sim"
 #endif
-
-extern char** environ;
 
 namespace tw::sim {
 namespace {
@@ -36,123 +35,12 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-constexpr auto kDeadline = 10s;
+using testing::kDeadline;
 
-// The simulator as a child process: stdout on a pipe, stderr into a file.
-class SimProcess {
- public:
-  SimProcess(const std::vector<std::string>& args, const std::string& stderr_file) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) die("pipe2 failed");
-    stdout_ = fds[0];
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_file.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    std::vector<std::string> argv_text = {TW_SIM_BINARY};
-    argv_text.insert(argv_text.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    argv.reserve(argv_text.size() + 1);
-    for (auto& a : argv_text)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (::posix_spawn(&pid_, TW_SIM_BINARY, &actions, nullptr, argv.data(), environ) != 0) {
-      die("posix_spawn failed");
-    }
-    posix_spawn_file_actions_destroy(&actions);
-    ::close(fds[1]);
-    pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
-    if (pidfd_ < 0) die("pidfd_open failed");
-  }
-  ~SimProcess() {
-    if (exit_status_ < 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    ::close(stdout_);
-    ::close(pidfd_);
-  }
-  SimProcess(const SimProcess&) = delete;
-  SimProcess& operator=(const SimProcess&) = delete;
-
-  // The first line the process prints, or nothing if it prints none before the deadline.
-  std::optional<std::string> first_line() {
-    std::string text;
-    const auto deadline = std::chrono::steady_clock::now() + kDeadline;
-    while (text.find('\n') == std::string::npos) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      pollfd p{stdout_, POLLIN, 0};
-      if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
-        return std::nullopt;
-      }
-      char buffer[256];
-      const ssize_t n = ::read(stdout_, buffer, sizeof buffer);
-      if (n <= 0) return std::nullopt;
-      text.append(buffer, static_cast<std::size_t>(n));
-    }
-    return text.substr(0, text.find('\n'));
-  }
-
-  // Waits for the process to exit; its exit status, or -1 if it is still running at the deadline
-  // or died of a signal.
-  int wait() {
-    pollfd p{pidfd_, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kDeadline).count())) != 1) {
-      return -1;
-    }
-    int status = 0;
-    if (::waitpid(pid_, &status, 0) != pid_) return -1;
-    exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return exit_status_;
-  }
-  int terminate() {
-    ::kill(pid_, SIGTERM);
-    return wait();
-  }
-
- private:
-  pid_t pid_ = -1;
-  int stdout_ = -1;
-  int pidfd_ = -1;
-  int exit_status_ = -1;
-};
-
-struct HttpResult {
-  CURLcode code = CURLE_OK;
-  long status = 0;
-  std::string body;
-};
-
-size_t append(char* data, size_t size, size_t count, void* out) {
-  static_cast<std::string*>(out)->append(data, size * count);
-  return size * count;
-}
-
-HttpResult http(const std::string& method, const std::string& url, const std::string& body = {},
-                const std::vector<std::string>& headers = {}, const std::string& ca_file = {}) {
-  HttpResult result;
-  CURL* curl = curl_easy_init();
-  curl_slist* list = nullptr;
-  for (const auto& h : headers)
-    list = curl_slist_append(list, h.c_str());
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
-  if (method == "POST") curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
-  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
-  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 10L);
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  if (!ca_file.empty()) curl_easy_setopt(curl, CURLOPT_CAINFO, ca_file.c_str());
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &append);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &result.body);
-  result.code = curl_easy_perform(curl);
-  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &result.status);
-  curl_slist_free_all(list);
-  curl_easy_cleanup(curl);
-  return result;
-}
+using testing::ChildProcess;
+using testing::http;
+using testing::HttpResult;
+using SimProcess = ChildProcess;
 
 // A running simulator on a free port.
 class SimBinaryTest : public ::testing::Test {
@@ -162,7 +50,7 @@ class SimBinaryTest : public ::testing::Test {
   void start(std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {"--port", "0", "--port-file", dir.file("port")};
     args.insert(args.end(), extra.begin(), extra.end());
-    sim.emplace(args, dir.file("stderr"));
+    sim.emplace(TW_SIM_BINARY, args, dir.file("stderr"));
     const auto line = sim->first_line();
     ASSERT_TRUE(line.has_value()) << testing::read_file(dir.file("stderr"));
     port = testing::read_file(dir.file("port"));
@@ -307,14 +195,15 @@ TEST(SimBinary, BadFlagsExitWithStatus2) {
   testing::TempDir dir;
   for (const std::vector<std::string>& args :
        {std::vector<std::string>{"--port", "70000"}, {"--no-such-flag"}, {"--ca-out", "x.pem"}}) {
-    SimProcess sim(args, dir.file("stderr"));
+    SimProcess sim(TW_SIM_BINARY, args, dir.file("stderr"));
     EXPECT_EQ(sim.wait(), 2) << args[0];
   }
 }
 
 TEST(SimBinary, BindFailureExitsWithStatus1AndAMessage) {
   testing::TempDir dir;
-  SimProcess sim({"--listen", "192.0.2.1", "--port", "0"}, dir.file("stderr"));  // TEST-NET-1
+  SimProcess sim(TW_SIM_BINARY, {"--listen", "192.0.2.1", "--port", "0"},
+                 dir.file("stderr"));  // TEST-NET-1
   EXPECT_EQ(sim.wait(), 1);
   const std::string err = testing::read_file(dir.file("stderr"));
   EXPECT_NE(err.find("cannot listen on 192.0.2.1"), std::string::npos) << err;

@@ -1,0 +1,408 @@
+// Integration over loopback: the real CurlTransport, the real provider clients, the real worker and
+// SQLite store, against the provider simulator on 127.0.0.1 (port 0), over HTTP and HTTPS.
+// Each provider's renewal, rotation, check and revocation, and every fault class: a fault never
+// marks a token revoked, and a rotated token is always the one stored.
+#include <sstream>
+#include <thread>
+#include <utility>  // before Boost.Asio
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "core/log.h"
+#include "http/curl_transport.h"
+#include "providers/provider.h"
+#include "scheduler/policy.h"
+#include "scheduler/scheduler.h"
+#include "storage/sqlite_token_store.h"
+#include "tests/test_util.h"
+#include "tools/provider-sim/http_server.h"
+#include "tools/provider-sim/simulator.h"
+#include "worker/worker.h"
+
+namespace tw {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+// The simulator on its own io_context thread, its admin API called in-process.
+class Sim {
+ public:
+  explicit Sim(bool tls, const std::string& dir) : sim_(sim::SimOptions{}, clock_) {
+    std::optional<sim::TlsFiles> files;
+    if (tls) {
+      auto written = sim::write_self_signed_certificate(dir);
+      if (!written) die(written.error().message());
+      files = *written;
+      ca_file_ = files->cert_file;
+    }
+    auto server = sim::HttpServer::start(io_, "127.0.0.1", 0, files,
+                                         [this](const sim::Request& r) { return sim_.handle(r); });
+    if (!server) die(server.error().message());
+    server_ = std::move(*server);
+    base_ = std::string(tls ? "https" : "http") + "://127.0.0.1:" + std::to_string(server_->port());
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~Sim() {
+    server_->stop();
+    io_.stop();
+    thread_.join();
+  }
+
+  json admin(const std::string& method, const std::string& path, const json& body = {}) {
+    sim::Request r;
+    r.method = method;
+    r.target = path;
+    r.path = path.substr(0, path.find('?'));
+    if (auto q = path.find('?'); q != std::string::npos) {
+      std::stringstream pairs(path.substr(q + 1));
+      for (std::string kv; std::getline(pairs, kv, '&');) {
+        r.query[kv.substr(0, kv.find('='))] = kv.substr(kv.find('=') + 1);
+      }
+    }
+    r.body = body.is_null() ? "" : body.dump();
+    r.remote = "127.0.0.1";
+    sim::Response resp = sim_.handle(r);
+    EXPECT_EQ(resp.status, 200) << path << ": " << resp.body;
+    return json::parse(resp.body, nullptr, false);
+  }
+  json account(const std::string& provider, const std::string& id) {
+    return admin("GET", "/admin/account?provider=" + provider + "&account_id=" + id);
+  }
+  void fault(json f) { admin("POST", "/admin/fault", f); }
+  json totals() { return admin("GET", "/admin/counters")["totals"]; }
+
+  const std::string& base() const { return base_; }
+  const std::string& ca_file() const { return ca_file_; }
+
+ private:
+  SystemClock clock_;
+  sim::Simulator sim_;
+  boost::asio::io_context io_;
+  std::unique_ptr<sim::HttpServer> server_;
+  std::thread thread_;
+  std::string base_;
+  std::string ca_file_;
+};
+
+class ProvidersIntegration : public ::testing::TestWithParam<bool> {
+ protected:
+  ProvidersIntegration() : sim_(GetParam(), dir_.path()) {
+    setenv("TW_IT_META", "sim-meta-secret", 1);
+    setenv("TW_IT_GOOGLE", "sim-google-secret", 1);
+    setenv("TW_IT_TIKTOK", "sim-tiktok-secret", 1);
+    Config c;
+    c.http.total_timeout = 1s;
+    c.http.connect_timeout = 1s;
+    c.http.ca_file = sim_.ca_file();
+    c.providers.meta.enabled = true;
+    c.providers.meta.graph_base_url = sim_.base();
+    c.providers.meta.app_id = "sim-meta-app";
+    c.providers.meta.app_secret = {SecretRef::Source::kEnv, "TW_IT_META"};
+    c.providers.google.enabled = true;
+    c.providers.google.oauth_base_url = sim_.base();
+    c.providers.google.business_base_url = sim_.base();
+    c.providers.google.client_id = "sim-google-client";
+    c.providers.google.client_secret = {SecretRef::Source::kEnv, "TW_IT_GOOGLE"};
+    c.providers.tiktok.enabled = true;
+    c.providers.tiktok.open_api_base_url = sim_.base();
+    c.providers.tiktok.business_api_base_url = sim_.base();
+    c.providers.tiktok.client_key = "sim-tiktok-key";
+    c.providers.tiktok.client_secret = {SecretRef::Source::kEnv, "TW_IT_TIKTOK"};
+    c.providers.tiktok.business_app_id = "sim-tiktok-key";
+    c.providers.tiktok.business_app_secret = c.providers.tiktok.client_secret;
+    config_ = c;
+
+    store_ = std::move(
+        *SqliteTokenStore::open(dir_.file("tokens.db"), 2s, Cipher(KeyRing(*Key::generate()))));
+    http_ = std::move(*CurlTransport::create(io_.get_executor(), c.http));
+    clients_.push_back(std::move(*make_meta_client(c.providers.meta, *http_, clock_)));
+    clients_.push_back(std::move(*make_google_client(c.providers.google, *http_, clock_)));
+    clients_.push_back(std::move(*make_tiktok_client(c.providers.tiktok, *http_, clock_)));
+    policy_ = std::make_unique<Policy>(PolicyConfig::from(c), [] { return 0.0; });
+    scheduler_ = std::make_unique<Scheduler>(*store_, *policy_, clock_, c.scheduler, "it");
+    LogConfig lc;
+    lc.level = "debug";
+    std::vector<ProviderClient*> raw;
+    for (auto& cl : clients_)
+      raw.push_back(cl.get());
+    worker_ = std::make_unique<Worker>(io_.get_executor(), *scheduler_, *store_, raw, clock_,
+                                       WorkerOptions{}, make_logger("it", lc, logs_),
+                                       asio_timers(io_.get_executor(), clock_, 30s));
+  }
+
+  // Seeds a grant in the simulator and adds its tokens to the store.
+  std::string seed(json spec, Provider p, TokenKind kind) {
+    json s = sim_.admin("POST", "/admin/seed", spec);
+    NewToken t{p, kind, "ws", spec["account_id"].get<std::string>(), "", {}, {}};
+    if (s.contains("expires_at") && s["expires_at"].is_number()) {
+      t.expires_at = from_unix(s["expires_at"].get<std::int64_t>());
+    }
+    if (s.contains("refresh_expires_at") && s["refresh_expires_at"].is_number()) {
+      t.refresh_expires_at = from_unix(s["refresh_expires_at"].get<std::int64_t>());
+    }
+    TokenSecrets secrets{
+        Secret(s.value("access_token", "")),
+        Secret(s["refresh_token"].is_string() ? s["refresh_token"].get<std::string>()
+                                              : std::string())};
+    auto r = store_->upsert(t, secrets, clock_.now(),
+                            [&](TokenRecord& rec) { policy_->schedule_new(rec, clock_.now()); });
+    return r->record.id;
+  }
+
+  ForcedResult run(const std::string& id, Operation op) {
+    std::optional<std::vector<ForcedResult>> out;
+    worker_->run_now({id}, op, [&](std::vector<ForcedResult> r) {
+      out = std::move(r);
+      io_.stop();
+    });
+    io_.restart();
+    io_.run_for(10s);
+    EXPECT_TRUE(out) << "no result within 10 s";
+    return out ? (*out)[0] : ForcedResult{};
+  }
+
+  TokenRecord get(const std::string& id) { return **store_->find(id); }
+  std::string stored_refresh(const std::string& id) {
+    return std::string(store_->read_secrets(get(id))->refresh_token.reveal());
+  }
+  std::string stored_access(const std::string& id) {
+    return std::string(store_->read_secrets(get(id))->access_token.reveal());
+  }
+
+  testing::TempDir dir_;
+  Sim sim_;
+  Config config_;
+  SystemClock clock_;
+  boost::asio::io_context io_;
+  std::unique_ptr<SqliteTokenStore> store_;
+  std::unique_ptr<CurlTransport> http_;
+  std::vector<std::unique_ptr<ProviderClient>> clients_;
+  std::unique_ptr<Policy> policy_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::ostringstream logs_;
+  std::unique_ptr<Worker> worker_;
+};
+
+using Status = ForcedResult::Status;
+
+TEST_P(ProvidersIntegration, MetaPageTokenRenewalCheckAndRevocation) {
+  const std::string id = seed({{"provider", "meta"}, {"kind", "page"}, {"account_id", "104233"}},
+                              Provider::kMeta, TokenKind::kPageToken);
+  ForcedResult r = run(id, Operation::kRefresh);
+  ASSERT_EQ(r.status, Status::kOk) << r.message;
+  json view = sim_.account("meta", "104233");
+  EXPECT_EQ(stored_refresh(id), view["refresh_token"]) << "the new long-lived user token";
+  EXPECT_TRUE(get(id).refresh_expires_at) << "the user token's ~60 days";
+  EXPECT_EQ(run(id, Operation::kCheck).status, Status::kOk);
+  sim_.admin("POST", "/admin/revoke",
+             {{"provider", "meta"}, {"account_id", "104233"}, {"subcode", 460}});
+  r = run(id, Operation::kCheck);
+  EXPECT_EQ(r.status, Status::kFailed);
+  EXPECT_EQ(get(id).state, TokenState::kNeedsReauth) << r.message;
+  EXPECT_NE(get(id).last_error_message.find("190/460"), std::string::npos);
+}
+
+TEST_P(ProvidersIntegration, MetaUserTokenExchange) {
+  const std::string id = seed({{"provider", "meta"}, {"kind", "user"}, {"account_id", "88213"}},
+                              Provider::kMeta, TokenKind::kUserToken);
+  const std::string before = stored_access(id);
+  ASSERT_EQ(run(id, Operation::kRefresh).status, Status::kOk);
+  EXPECT_NE(stored_access(id), before);
+  EXPECT_EQ(stored_access(id), sim_.account("meta", "88213")["access_token"]);
+  EXPECT_GT(*get(id).expires_at, clock_.now() + std::chrono::days(59));
+}
+
+TEST_P(ProvidersIntegration, GoogleRenewalCheckRotationAndRevocation) {
+  const std::string id = seed({{"provider", "google"}, {"account_id", "accounts/1"}},
+                              Provider::kGoogle, TokenKind::kRefreshToken);
+  ASSERT_EQ(run(id, Operation::kRefresh).status, Status::kOk);
+  EXPECT_EQ(stored_access(id), sim_.account("google", "accounts/1")["access_token"]);
+  EXPECT_EQ(run(id, Operation::kCheck).status, Status::kOk);
+
+  const std::string rot =
+      seed({{"provider", "google"}, {"account_id", "accounts/2"}, {"rotate", true}},
+           Provider::kGoogle, TokenKind::kRefreshToken);
+  ASSERT_EQ(run(rot, Operation::kRefresh).status, Status::kOk);
+  EXPECT_EQ(stored_refresh(rot), sim_.account("google", "accounts/2")["refresh_token"])
+      << "a returned refresh token replaces the stored one";
+
+  sim_.admin("POST", "/admin/revoke", {{"provider", "google"}, {"account_id", "accounts/1"}});
+  ForcedResult r = run(id, Operation::kCheck);
+  EXPECT_EQ(r.status, Status::kFailed);
+  EXPECT_EQ(get(id).state, TokenState::kRevoked) << r.message;
+}
+
+TEST_P(ProvidersIntegration, TikTokV2RotationIsStoredAndReuseNeverHappens) {
+  const std::string id = seed({{"provider", "tiktok"}, {"api", "v2"}, {"account_id", "open-1"}},
+                              Provider::kTikTok, TokenKind::kRefreshToken);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(run(id, Operation::kRefresh).status, Status::kOk);
+    EXPECT_EQ(stored_refresh(id), sim_.account("tiktok", "open-1")["refresh_token"]) << i;
+  }
+  EXPECT_EQ(run(id, Operation::kCheck).status, Status::kOk);
+  EXPECT_EQ(sim_.totals()["reused_refresh_tokens"], 0);
+  sim_.admin("POST", "/admin/revoke", {{"provider", "tiktok"}, {"account_id", "open-1"}});
+  ForcedResult r = run(id, Operation::kCheck);
+  EXPECT_EQ(r.status, Status::kFailed);
+  EXPECT_EQ(get(id).state, TokenState::kNeedsReauth) << r.message;
+}
+
+TEST_P(ProvidersIntegration, TikTokBusinessRotationCheckAndRevocation) {
+  const std::string id =
+      seed({{"provider", "tiktok"}, {"api", "business"}, {"account_id", "biz-1"}},
+           Provider::kTikTok, TokenKind::kBusinessToken);
+  ASSERT_EQ(run(id, Operation::kRefresh).status, Status::kOk);
+  EXPECT_EQ(stored_refresh(id), sim_.account("tiktok", "biz-1")["refresh_token"]);
+  EXPECT_EQ(run(id, Operation::kCheck).status, Status::kOk);
+  sim_.admin("POST", "/admin/revoke", {{"provider", "tiktok"}, {"account_id", "biz-1"}});
+  ForcedResult r = run(id, Operation::kCheck);
+  EXPECT_EQ(r.status, Status::kFailed);
+  EXPECT_EQ(get(id).state, TokenState::kRevoked) << r.message;
+}
+
+struct FaultCase {
+  json fault;
+  ErrorClass expected;
+};
+
+TEST_P(ProvidersIntegration, EveryFaultIsRetriedNeverTakenForARevocation) {
+  const std::vector<FaultCase> cases{
+      {{{"kind", "status"}, {"status", 503}}, ErrorClass::kTransient},
+      {{{"kind", "status"}, {"status", 500}}, ErrorClass::kTransient},
+      {{{"kind", "rate_limit"}, {"retry_after", 30}}, ErrorClass::kTransient},
+      {{{"kind", "rate_limit"}}, ErrorClass::kTransient},
+      {{{"kind", "delay"}, {"delay_ms", 1500}}, ErrorClass::kTransient},  // past the 1 s timeout
+      {{{"kind", "reset"}}, ErrorClass::kTransient},
+      {{{"kind", "truncate"}}, ErrorClass::kTransient},
+      {{{"kind", "hang"}}, ErrorClass::kTransient},
+      {{{"kind", "malformed"}}, ErrorClass::kMalformed},
+      {{{"kind", "html"}}, ErrorClass::kTransient},
+      {{{"kind", "empty"}}, ErrorClass::kMalformed},
+      {{{"kind", "error_body"}}, ErrorClass::kTransient},
+  };
+  struct Target {
+    json seed;
+    Provider provider;
+    TokenKind kind;
+    const char* endpoint;
+    bool rotates;
+  };
+  const std::vector<Target> targets{
+      {{{"provider", "google"}},
+       Provider::kGoogle,
+       TokenKind::kRefreshToken,
+       "google.token",
+       false},
+      {{{"provider", "tiktok"}, {"api", "v2"}},
+       Provider::kTikTok,
+       TokenKind::kRefreshToken,
+       "tiktok.token",
+       true},
+      {{{"provider", "tiktok"}, {"api", "business"}},
+       Provider::kTikTok,
+       TokenKind::kBusinessToken,
+       "tiktok_business.refresh",
+       true},
+      {{{"provider", "meta"}, {"kind", "user"}},
+       Provider::kMeta,
+       TokenKind::kUserToken,
+       "meta.exchange",
+       false},
+  };
+  int n = 0;
+  std::vector<std::pair<std::string, std::string>>
+      accounts;  // (provider, account) for the log scan
+  for (const Target& t : targets) {
+    for (const FaultCase& c : cases) {
+      // A reply delayed past the timeout after a rotating provider rotated cannot be known by any
+      // client: that in-doubt case is issue 5's. Here, delays only on providers that keep the old
+      // refresh token valid.
+      if (t.rotates && c.fault["kind"] == "delay") continue;
+      // A Meta rate limit pauses the whole provider: its own test below.
+      if (t.provider == Provider::kMeta && c.fault["kind"] == "rate_limit") continue;
+      SCOPED_TRACE(std::string(t.endpoint) + " " + c.fault.dump());
+      json spec = t.seed;
+      spec["account_id"] = "acct-" + std::to_string(++n);
+      const std::string id = seed(spec, t.provider, t.kind);
+      accounts.emplace_back(spec["provider"], spec["account_id"]);
+      const std::string refresh_before = stored_refresh(id);
+      json f = c.fault;
+      f["endpoint"] = t.endpoint;
+      f["account_id"] = spec["account_id"];
+      f["count"] = 1;
+      sim_.fault(f);
+      ForcedResult r = run(id, Operation::kRefresh);
+      EXPECT_EQ(r.status, Status::kFailed) << r.message;
+      const TokenRecord rec = get(id);
+      EXPECT_EQ(rec.state, TokenState::kFailing) << rec.last_error_message;
+      EXPECT_EQ(rec.last_error_class, c.expected) << rec.last_error_message;
+      EXPECT_EQ(stored_refresh(id), refresh_before) << "a faulted renewal changes nothing";
+      if (c.fault.contains("retry_after")) {
+        EXPECT_GE(*rec.next_refresh_due, clock_.now() + 29s) << "Retry-After honoured";
+      }
+      // The fault is gone: the next renewal works and clears the failure.
+      ForcedResult ok = run(id, Operation::kRefresh);
+      EXPECT_EQ(ok.status, Status::kOk) << ok.message;
+      EXPECT_EQ(get(id).state, TokenState::kActive);
+    }
+  }
+  EXPECT_EQ(sim_.totals()["reused_refresh_tokens"], 0) << "no renewal was ever sent twice";
+  // The log is clean of every secret the simulator holds now.
+  const std::string logs = logs_.str();
+  for (const auto& [provider, account] : accounts) {
+    json view = sim_.account(provider, account);
+    for (const char* k : {"access_token", "refresh_token"}) {
+      if (view[k].is_string()) {
+        EXPECT_EQ(logs.find(view[k].get<std::string>()), std::string::npos) << k;
+      }
+    }
+  }
+}
+
+TEST_P(ProvidersIntegration, AMetaRateLimitPausesTheWholeProvider) {
+  const std::string a = seed({{"provider", "meta"}, {"kind", "user"}, {"account_id", "rl-a"}},
+                             Provider::kMeta, TokenKind::kUserToken);
+  const std::string b = seed({{"provider", "meta"}, {"kind", "user"}, {"account_id", "rl-b"}},
+                             Provider::kMeta, TokenKind::kUserToken);
+  sim_.fault({{"endpoint", "meta.exchange"}, {"kind", "rate_limit"}, {"code", 613}, {"count", 1}});
+  ForcedResult r = run(a, Operation::kRefresh);
+  EXPECT_EQ(r.status, Status::kFailed);
+  EXPECT_EQ(get(a).state, TokenState::kFailing);
+  EXPECT_EQ(get(a).last_error_class, ErrorClass::kTransient);
+  EXPECT_GE(*get(a).next_refresh_due, clock_.now() + 60s) << "retried after the provider's hint";
+  // Another Meta token is not sent while the provider is paused, and is not failed for it.
+  ForcedResult other = run(b, Operation::kRefresh);
+  EXPECT_EQ(other.status, Status::kFailed);
+  EXPECT_NE(other.message.find("throttled"), std::string::npos) << other.message;
+  EXPECT_EQ(get(b).consecutive_failures, 0);
+  EXPECT_NE(logs_.str().find("asks to slow down"), std::string::npos);
+}
+
+TEST_P(ProvidersIntegration, AProviderThatIsDownIsTransient) {
+  const std::string id = seed({{"provider", "google"}, {"account_id", "down"}}, Provider::kGoogle,
+                              TokenKind::kRefreshToken);
+  // A port nothing listens on.
+  GoogleConfig g = config_.providers.google;
+  g.oauth_base_url = "http://127.0.0.1:9";
+  auto client = *make_google_client(g, *http_, clock_);
+  std::optional<Outcome> o;
+  client->refresh(get(id), *store_->read_secrets(get(id)), [&](Outcome out) {
+    o = std::move(out);
+    io_.stop();
+  });
+  io_.restart();
+  io_.run_for(10s);
+  ASSERT_TRUE(o);
+  EXPECT_EQ(o->failure.error_class, ErrorClass::kTransient) << o->failure.message;
+  EXPECT_NE(o->failure.message.find("connect"), std::string::npos) << o->failure.message;
+}
+
+INSTANTIATE_TEST_SUITE_P(HttpAndHttps, ProvidersIntegration, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "https" : "http"; });
+
+}  // namespace
+}  // namespace tw
