@@ -282,18 +282,6 @@ void print_record(std::ostream& out, const TokenRecord& r) {
   if (!r.lease_owner.empty()) line("lease", r.lease_owner + " until " + format_time(r.lease_until));
 }
 
-bool provider_enabled(const Config& config, Provider p) {
-  switch (p) {
-    case Provider::kMeta:
-      return config.providers.meta.enabled;
-    case Provider::kGoogle:
-      return config.providers.google.enabled;
-    case Provider::kTikTok:
-      return config.providers.tiktok.enabled;
-  }
-  return false;
-}
-
 Policy make_policy(const Config& config) {
   auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
   return Policy(PolicyConfig::from(config),
@@ -414,7 +402,7 @@ int cmd_add(Invocation& inv, const AddArgs& args) {
                   << to_string(r.kind)
                   << " tokens encrypted but can neither renew nor check them yet\n";
     }
-    if (!provider_enabled(config, r.provider)) {
+    if (!config.providers.enabled(r.provider)) {
       inv.env.err << "tokenwarden: warning: provider " << to_string(r.provider)
                   << " is not enabled in " << config.source
                   << ": the daemon will not renew or check this token until it is\n";

@@ -760,6 +760,30 @@ void parse_document(Context& ctx, std::string_view yaml, Config& c) {
 
 }  // namespace
 
+bool ProvidersConfig::enabled(Provider p) const {
+  switch (p) {
+    case Provider::kMeta:
+      return meta.enabled;
+    case Provider::kGoogle:
+      return google.enabled;
+    case Provider::kTikTok:
+      return tiktok.enabled;
+  }
+  return false;
+}
+
+const ProviderLimits& ProvidersConfig::limits(Provider p) const {
+  switch (p) {
+    case Provider::kMeta:
+      return meta.limits;
+    case Provider::kGoogle:
+      return google.limits;
+    case Provider::kTikTok:
+      return tiktok.limits;
+  }
+  die("unknown provider");
+}
+
 Result<Secret> SecretRef::resolve() const {
   switch (source) {
     case Source::kNone:

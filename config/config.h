@@ -20,6 +20,7 @@
 #include "core/result.h"
 #include "core/secret.h"
 #include "core/time.h"
+#include "core/token.h"
 
 namespace tw {
 
@@ -105,6 +106,10 @@ struct ProvidersConfig {
   MetaConfig meta;
   GoogleConfig google;
   TikTokConfig tiktok;
+
+  // What the three sections have in common, by provider.
+  bool enabled(Provider p) const;
+  const ProviderLimits& limits(Provider p) const;
 };
 
 struct HttpConfig {

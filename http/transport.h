@@ -83,4 +83,10 @@ std::string url_encode(std::string_view s);
 // Builds "a=1&b=2" from pairs, each value percent-encoded.
 std::string form_encode(const std::vector<std::pair<std::string, std::string>>& fields);
 
+// Form-style decoding: "%41" is 'A' and '+' is a space; a malformed escape is kept as it is.
+std::string url_decode(std::string_view s);
+// Parses "a=1&b=2" (a query string or a form body), decoding names and values; a repeated name
+// keeps its last value.
+std::map<std::string, std::string> form_decode(std::string_view text);
+
 }  // namespace tw

@@ -182,6 +182,12 @@ std::string scrub(std::string_view text, std::initializer_list<const Secret*> se
   return out;
 }
 
+Result<Secret> resolve_secret(const SecretRef& ref, std::string_view key) {
+  auto secret = ref.resolve();
+  if (!secret) return Error(Errc::kConfig, std::string(key) + ": " + secret.error().message());
+  return secret;
+}
+
 Outcome failed(Operation op, Failure f) {
   Outcome o = Outcome::success(op);
   o.ok = false;

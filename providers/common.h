@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/config.h"
 #include "core/outcome.h"
 #include "core/secret.h"
 #include "core/time.h"
@@ -73,6 +74,9 @@ std::string string_field(const nlohmann::json& obj, const char* key);
 // A provider's error text made safe for a log line: one line, at most 200 characters, and every
 // occurrence of the given secrets masked (a provider might echo a token back).
 std::string scrub(std::string_view text, std::initializer_list<const Secret*> secrets);
+
+// Resolves a client secret reference at start-up; an error names the config key (`key`).
+Result<Secret> resolve_secret(const SecretRef& ref, std::string_view key);
 
 // An outcome that failed with `f` (every field of it kept).
 Outcome failed(Operation op, Failure f);

@@ -171,10 +171,8 @@ class GoogleClient final : public ProviderClient {
 Result<std::unique_ptr<ProviderClient>> make_google_client(const GoogleConfig& config,
                                                            HttpTransport& http,
                                                            const Clock& clock) {
-  auto secret = config.client_secret.resolve();
-  if (!secret) {
-    return Error(Errc::kConfig, "providers.google.client_secret: " + secret.error().message());
-  }
+  auto secret = providers::resolve_secret(config.client_secret, "providers.google.client_secret");
+  if (!secret) return secret.error();
   return std::unique_ptr<ProviderClient>(
       std::make_unique<GoogleClient>(config, std::move(*secret), http, clock));
 }

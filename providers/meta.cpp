@@ -331,10 +331,8 @@ class MetaClient final : public ProviderClient {
 
 Result<std::unique_ptr<ProviderClient>> make_meta_client(const MetaConfig& config,
                                                          HttpTransport& http, const Clock& clock) {
-  auto secret = config.app_secret.resolve();
-  if (!secret) {
-    return Error(Errc::kConfig, "providers.meta.app_secret: " + secret.error().message());
-  }
+  auto secret = providers::resolve_secret(config.app_secret, "providers.meta.app_secret");
+  if (!secret) return secret.error();
   return std::unique_ptr<ProviderClient>(
       std::make_unique<MetaClient>(config, std::move(*secret), http, clock));
 }

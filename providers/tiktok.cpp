@@ -299,15 +299,11 @@ class TikTokClient final : public ProviderClient {
 Result<std::unique_ptr<ProviderClient>> make_tiktok_client(const TikTokConfig& config,
                                                            HttpTransport& http,
                                                            const Clock& clock) {
-  auto secret = config.client_secret.resolve();
-  if (!secret) {
-    return Error(Errc::kConfig, "providers.tiktok.client_secret: " + secret.error().message());
-  }
-  auto business = config.business_app_secret.resolve();
-  if (!business) {
-    return Error(Errc::kConfig,
-                 "providers.tiktok.business_app_secret: " + business.error().message());
-  }
+  auto secret = providers::resolve_secret(config.client_secret, "providers.tiktok.client_secret");
+  if (!secret) return secret.error();
+  auto business =
+      providers::resolve_secret(config.business_app_secret, "providers.tiktok.business_app_secret");
+  if (!business) return business.error();
   return std::unique_ptr<ProviderClient>(std::make_unique<TikTokClient>(
       config, std::move(*secret), std::move(*business), http, clock));
 }

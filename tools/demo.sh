@@ -15,6 +15,7 @@ tw="$build/tokenwarden"
 sim="$build/tokenwarden-sim"
 dir=$(mktemp -d /tmp/tokenwarden-demo-XXXXXX)
 sim_pid=""
+export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost  # loopback, never a proxy
 
 cleanup() {
   [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null || true

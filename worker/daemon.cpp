@@ -9,21 +9,7 @@
 
 namespace tw {
 
-namespace {
-
-ProviderLimits limits_of(const Config& c, Provider p) {
-  switch (p) {
-    case Provider::kMeta:
-      return c.providers.meta.limits;
-    case Provider::kGoogle:
-      return c.providers.google.limits;
-    case Provider::kTikTok:
-      return c.providers.tiktok.limits;
-  }
-  return {};
-}
-
-}  // namespace
+namespace {}  // namespace
 
 std::string process_owner(const std::string& prefix) {
   char host[256] = "unknown";
@@ -76,7 +62,7 @@ Result<std::unique_ptr<Daemon>> Daemon::build(const Config& config,
   for (const auto& c : d->clients) {
     served.push_back(c->provider());
     clients.push_back(c.get());
-    options.limits[c->provider()] = limits_of(config, c->provider());
+    options.limits[c->provider()] = config.providers.limits(c->provider());
   }
   d->scheduler =
       std::make_unique<Scheduler>(*d->store, *d->policy, d->clock, config.scheduler, owner, served);

@@ -35,6 +35,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "http/transport.h"
+
 namespace tw::sim {
 
 namespace asio = boost::asio;
@@ -46,46 +48,6 @@ namespace {
 
 constexpr std::chrono::seconds kIdleTimeout{30};
 constexpr std::uint64_t kBodyLimit = 1 << 20;
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// Form-style decoding: "%41" is 'A' and '+' is a space; a malformed escape is kept as it is.
-std::string percent_decode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '+') {
-      out.push_back(' ');
-    } else if (s[i] == '%' && i + 2 < s.size() && hex_value(s[i + 1]) >= 0 &&
-               hex_value(s[i + 2]) >= 0) {
-      out.push_back(static_cast<char>(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2])));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-
-std::map<std::string, std::string> parse_query(std::string_view query) {
-  std::map<std::string, std::string> out;
-  while (!query.empty()) {
-    const auto amp = query.find('&');
-    const std::string_view pair = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-    if (pair.empty()) continue;
-    const auto eq = pair.find('=');
-    std::string name = percent_decode(pair.substr(0, eq));
-    std::string value = eq == std::string_view::npos ? "" : percent_decode(pair.substr(eq + 1));
-    out.insert_or_assign(std::move(name), std::move(value));
-  }
-  return out;
-}
 
 std::string lower(std::string_view s) {
   std::string out(s);
@@ -198,7 +160,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     const auto q = request.target.find('?');
     request.path = request.target.substr(0, q);
     if (q != std::string::npos) {
-      request.query = parse_query(std::string_view(request.target).substr(q + 1));
+      request.query = form_decode(std::string_view(request.target).substr(q + 1));
     }
     for (const auto& field : req) {
       const auto name = field.name_string();

@@ -25,6 +25,7 @@
 
 #include <openssl/rand.h>
 
+#include "http/transport.h"
 #include "tools/provider-sim/simulator_state.h"
 
 namespace tw::sim {
@@ -706,7 +707,7 @@ Response Engine::handle(const Request& request) {
   call.path_id = std::move(routed.path_id);
   call.params = &request.query;
   if (is_form_post(call.endpoint)) {
-    call.form = parse_form(request.body);
+    call.form = form_decode(request.body);
     call.params = &call.form;
   } else if (request.method == "POST") {
     call.body = json::parse(request.body, nullptr, false);
@@ -759,48 +760,6 @@ Response Engine::handle(const Request& request) {
 }
 
 // --- pure helpers --------------------------------------------------------------------------------
-
-namespace {
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-}  // namespace
-
-std::string percent_decode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '+') {
-      out.push_back(' ');
-    } else if (s[i] == '%' && i + 2 < s.size() && hex_value(s[i + 1]) >= 0 &&
-               hex_value(s[i + 2]) >= 0) {
-      out.push_back(static_cast<char>(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2])));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-
-Params parse_form(std::string_view body) {
-  Params out;
-  while (!body.empty()) {
-    const auto amp = body.find('&');
-    const std::string_view pair = body.substr(0, amp);
-    body = amp == std::string_view::npos ? std::string_view() : body.substr(amp + 1);
-    if (pair.empty()) continue;
-    const auto eq = pair.find('=');
-    std::string value = eq == std::string_view::npos ? "" : percent_decode(pair.substr(eq + 1));
-    out.insert_or_assign(percent_decode(pair.substr(0, eq)), std::move(value));
-  }
-  return out;
-}
 
 Response json_response(int status, const json& body) {
   Response r;

@@ -63,7 +63,7 @@ std::pair<std::string, std::string> basic_credentials(const Request& request) {
     text.pop_back();  // EVP_DecodeBlock counts the padding bytes
   const auto colon = text.find(':');
   if (colon == std::string::npos) return {};
-  return {percent_decode(text.substr(0, colon)), percent_decode(text.substr(colon + 1))};
+  return {url_decode(text.substr(0, colon)), url_decode(text.substr(colon + 1))};
 }
 
 }  // namespace

@@ -24,6 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "http/transport.h"
 #include "tools/provider-sim/simulator.h"
 
 namespace tw::sim::detail {
@@ -381,9 +382,6 @@ struct Engine {
 };
 
 // --- pure helpers ------------------------------------------------------------------------------
-
-Params parse_form(std::string_view body);
-std::string percent_decode(std::string_view s);
 
 Response json_response(int status, const json& body);
 Response text_response(int status, std::string body, std::string content_type);
