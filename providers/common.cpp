@@ -92,7 +92,8 @@ std::optional<Seconds> retry_after(const HttpResponse& r, SysTime now) {
     v.remove_prefix(1);
   while (!v.empty() && (v.back() == ' ' || v.back() == '\r'))
     v.remove_suffix(1);
-  constexpr std::int64_t kMaxSeconds = 7 * 24 * 3600;  // anything longer is not a retry hint
+  constexpr std::int64_t kMaxSeconds =
+      std::int64_t{7} * 24 * 3600;  // anything longer is not a retry hint
   std::int64_t s = 0;
   auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), s);
   if (ec == std::errc() && end == v.data() + v.size()) {

@@ -135,19 +135,15 @@ class MetaClient final : public ProviderClient {
   }
 
   void check(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {
+    (void)token;  // debug_token judges any kind of token by itself
     if (secrets.access_token.empty()) {
       return done(Outcome::failed(Operation::kCheck, ErrorClass::kPermanent,
                                   "no access token stored to check"));
     }
-    debug_token(secrets.access_token,
-                [this, kind = token.kind, done = std::move(done)](Outcome o) mutable {
-                  o.op = Operation::kCheck;
-                  if (kind == TokenKind::kPageToken) {
-                    // debug_token of a Page token reports the Page token's own (usually no) expiry.
-                    o.refresh_expires_at.reset();
-                  }
-                  done(std::move(o));
-                });
+    debug_token(secrets.access_token, [done = std::move(done)](Outcome o) mutable {
+      o.op = Operation::kCheck;
+      done(std::move(o));
+    });
   }
 
  private:
