@@ -1,10 +1,12 @@
 #include "cli/cli.h"
 
 #include <algorithm>
+#include <fstream>
 #include <istream>
 #include <memory>
 #include <ostream>
 #include <random>
+#include <sstream>
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/post.hpp>
@@ -515,10 +517,14 @@ int cmd_run(Invocation& inv) {
     log->critical("cannot start: {}", daemon.error().message());
     return exit_code_for(daemon.error());
   }
+  if (auto st = (*daemon)->enable_notices(); !st) {
+    log->critical("cannot start: {}", st.error().message());
+    return exit_code_for(st.error());
+  }
   if ((*daemon)->clients.empty()) {
     log->warn("no provider is enabled in {}: nothing will be renewed or checked", config->source);
   }
-  return (*daemon)->run(config->scheduler.shutdown_grace);
+  return (*daemon)->run();
 }
 
 struct ForcedArgs {
@@ -583,6 +589,137 @@ int cmd_forced(Invocation& inv, const ForcedArgs& args, Operation op) {
   });
   d.io.run();
   return code;
+}
+
+struct StatusArgs {
+  bool json = false;
+  std::string file;
+  std::string stale_after;
+};
+
+// tokenwarden status: reads the daemon's status file. Exit 0 healthy; 1 tokens need
+// re-authorisation or the daemon's last tick is stale (a dead or stuck daemon); 2 on error.
+int cmd_status(Invocation& inv, const StatusArgs& args) {
+  constexpr int kHealthy = 0, kAttention = 1, kError = 2;
+  std::string path = args.file;
+  Seconds stale = std::chrono::minutes(3);
+  if (path.empty() || args.stale_after.empty()) {
+    auto config = inv.config();
+    if (!config && path.empty()) {
+      inv.env.err << "tokenwarden: error: " << config.error().message() << "\n";
+      return kError;
+    }
+    if (config) {
+      if (path.empty()) path = config->status.file;
+      stale = config->status.write_every * 3;
+    }
+  }
+  if (!args.stale_after.empty()) {
+    auto d = parse_duration(args.stale_after);
+    if (!d || d->count() <= 0) {
+      inv.env.err << "tokenwarden: error: --stale-after: "
+                  << (d ? "must be greater than zero" : d.error().message()) << "\n";
+      return kError;
+    }
+    stale = std::chrono::duration_cast<Seconds>(*d);
+  }
+  std::ifstream in(path);
+  if (!in) {
+    inv.env.err << "tokenwarden: error: cannot read the status file " << path
+                << " (is the daemon running? status.file in the config)\n";
+    return kError;
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  auto s = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (s.is_discarded() || !s.is_object() || !s.contains("tokens") || !s.contains("written")) {
+    inv.env.err << "tokenwarden: error: " << path << " is not a tokenwarden status file\n";
+    return kError;
+  }
+  // A file with the right keys but wrong types is as unreadable as one that does not parse.
+  try {
+    const SysTime now = inv.clock.now();
+    auto age = [&](const char* key) -> std::optional<Seconds> {
+      if (!s[key].is_string()) return std::nullopt;
+      auto t = parse_time(s[key].get<std::string>(), now);
+      if (!t) return std::nullopt;
+      return now - *t;
+    };
+    const auto tick_age = age("last_tick");
+    const auto written_age = age("written");
+    const bool is_stale = !tick_age || *tick_age > stale || !written_age || *written_age > stale;
+    const std::uint64_t reauth = s.value("needs_reauth_total", std::uint64_t{0});
+    const int code = is_stale ? kAttention : reauth > 0 ? kAttention : kHealthy;
+    if (args.json) {
+      inv.env.out << text.str();
+      if (!text.str().empty() && text.str().back() != '\n') inv.env.out << "\n";
+      return code;
+    }
+    auto ago = [](const std::optional<Seconds>& a) {
+      return a ? format_duration(std::chrono::duration_cast<Millis>(*a)) + " ago"
+               : std::string("never");
+    };
+    std::ostream& out = inv.env.out;
+    out << "tokenwarden " << s.value("version", "?") << ", " << s.value("owner", "?")
+        << ", started " << s.value("started", "?") << "\n";
+    out << "last loop tick " << ago(tick_age) << ", status written " << ago(written_age) << "\n";
+    const nlohmann::json& total = s["tokens"]["total"];
+    // States in the order an operator reads them, then any this version does not know.
+    auto states_of = [](const nlohmann::json& counts, bool skip_zero) {
+      std::string line;
+      std::vector<std::string> order{"active", "failing", "needs_reauth", "revoked", "disabled"};
+      for (const auto& [state, n] : counts.items()) {
+        if (std::find(order.begin(), order.end(), state) == order.end()) order.push_back(state);
+      }
+      for (const std::string& state : order) {
+        const std::uint64_t n = counts.value(state, std::uint64_t{0});
+        if (n > 0 || !skip_zero) line += " " + std::to_string(n) + " " + state;
+      }
+      return line;
+    };
+    out << "tokens:" << states_of(total, false) << "\n";
+    for (const auto& [provider, states] : s["tokens"]["by_provider"].items())
+      out << "  " << provider << ":" << states_of(states, true) << "\n";
+    out << "next due: "
+        << (s["next_due"].is_string() ? s["next_due"].get<std::string>() : "nothing");
+    if (s["oldest_overdue"].is_object()) {
+      out << "; oldest overdue: " << s["oldest_overdue"].value("token_id", "?") << " by "
+          << format_duration(std::chrono::seconds(s["oldest_overdue"].value("overdue_seconds", 0)))
+          << "";
+    }
+    out << "\n";
+    for (const char* op : {"refreshes", "checks"}) {
+      const nlohmann::json& h = s["last_hour"][op];
+      std::uint64_t failed = 0;
+      std::string classes;
+      for (const auto& [cls, n] : h["failed"].items()) {
+        failed += n.get<std::uint64_t>();
+        classes += " " + cls + "=" + std::to_string(n.get<std::uint64_t>());
+      }
+      out << "last hour, " << (std::string(op) == "refreshes" ? "renewals" : "checks") << ": "
+          << h.value("ok", std::uint64_t{0}) << " ok, " << failed << " failed" << classes << "\n";
+    }
+    if (reauth > 0) {
+      out << reauth << " token(s) need re-authorisation (the customer must reconnect):\n";
+      for (const auto& t : s["needs_reauth"]) {
+        out << "  " << t.value("token_id", "?") << "  " << t.value("provider", "?") << "  "
+            << t.value("workspace_id", "?") << "  " << t.value("account_id", "?") << "  "
+            << t.value("state", "?") << " since " << t.value("since", "?") << ": "
+            << t.value("reason", "") << "\n";
+      }
+    }
+    if (is_stale) {
+      out << "STALE: the daemon has not ticked or written its status for over "
+          << format_duration(std::chrono::duration_cast<Millis>(stale)) << "\n";
+    } else {
+      out << (reauth > 0 ? "NEEDS ATTENTION" : "OK") << "\n";
+    }
+    return code;
+  } catch (const nlohmann::json::exception& e) {
+    inv.env.err << "tokenwarden: error: " << path << " is not a tokenwarden status file ("
+                << e.what() << ")\n";
+    return kError;
+  }
 }
 
 int cmd_rekey(Invocation& inv) {
@@ -708,6 +845,17 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   check->add_option("--provider", check_args.provider, "Every such token of one provider");
   check->add_flag("-v,--verbose", check_args.verbose, "Log each request on stderr");
 
+  StatusArgs status_args;
+  auto* status = app.add_subcommand(
+      "status",
+      "Summarise the running daemon's status file, as a monitoring check.\n"
+      "Exit codes for this command: 0 healthy; 1 tokens need re-authorisation or the\n"
+      "daemon's last tick is stale; 2 the status file cannot be read.");
+  status->add_flag("--json", status_args.json, "Print the status file as it is");
+  status->add_option("--file", status_args.file, "Status file (default: status.file)");
+  status->add_option("--stale-after", status_args.stale_after,
+                     "A tick older than this is stale (default: 3 x status.write_every)");
+
   auto* rekey = app.add_subcommand(
       "rekey",
       "Re-encrypt every secret sealed with a previous key (key.previous_files) with the\n"
@@ -749,6 +897,7 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   if (*disable) return cmd_set_enabled(inv, disable_id, false);
   if (*enable) return cmd_set_enabled(inv, enable_id, true);
   if (*rekey) return cmd_rekey(inv);
+  if (*status) return cmd_status(inv, status_args);
   if (*run) return cmd_run(inv);
   if (*refresh) return cmd_forced(inv, refresh_args, Operation::kRefresh);
   if (*check) return cmd_forced(inv, check_args, Operation::kCheck);

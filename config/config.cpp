@@ -284,22 +284,28 @@ class MapReader {
     if (s) out = std::move(*s);
   }
 
-  // An http:// or https:// URL without a trailing slash.
-  void url(std::string_view key, std::string& out) {
+  // An http:// or https:// URL. kBase: a provider's base URL, without a trailing slash, quoted
+  // in errors. kSecretish: a URL whose path or user:password@ may be a credential (a webhook):
+  // never quoted, and it may end with "/".
+  enum class UrlKind { kBase, kSecretish };
+  void url(std::string_view key, std::string& out, UrlKind kind = UrlKind::kBase) {
     auto f = field(key);
     if (!f) return;
     auto s = text(*f, Empty::kRejected);
     if (!s) return;
+    const std::string got = kind == UrlKind::kBase ? "; got " + quoted(*s) : std::string();
     std::string_view rest = *s;
     if (!(rest.starts_with("http://") || rest.starts_with("https://"))) {
-      return bad(*f, "expected a URL starting with http:// or https://; got " + quoted(*s));
+      return bad(*f, "expected a URL starting with http:// or https://" + got);
     }
     rest.remove_prefix(rest.find("//") + 2);
-    if (rest.empty() || rest.front() == '/') return bad(*f, "URL has no host; got " + quoted(*s));
-    if (rest.find(' ') != std::string_view::npos) {
-      return bad(*f, "URL must not contain spaces; got " + quoted(*s));
+    if (rest.empty() || rest.front() == '/') return bad(*f, "URL has no host" + got);
+    if (rest.find_first_of(" \t\r\n") != std::string_view::npos) {
+      return bad(*f, "URL must not contain spaces" + got);
     }
-    if (s->ends_with('/')) return bad(*f, "URL must not end with \"/\"; got " + quoted(*s));
+    if (kind == UrlKind::kBase && s->ends_with('/')) {
+      return bad(*f, "URL must not end with \"/\"" + got);
+    }
     out = std::move(*s);
   }
 
@@ -712,7 +718,13 @@ void parse_scheduler(MapReader& r, SchedulerConfig& c) {
 
 void parse_status(MapReader& r, StatusConfig& c) {
   r.string("file", c.file);
+  r.string("prometheus_file", c.prometheus_file, Need::kOptional, Empty::kAllowed);
+  r.period("write_every", c.write_every);
+  r.period("min_interval", c.min_interval);
   r.finish();
+  if (c.min_interval > c.write_every) {
+    r.fail("min_interval", "must be at most write_every (" + format_duration(c.write_every) + ")");
+  }
 }
 
 void parse_log(MapReader& r, LogConfig& c) {
@@ -720,6 +732,31 @@ void parse_log(MapReader& r, LogConfig& c) {
   r.one_of("format", c.format, {"text", "json"});
   r.period("summary_every", c.summary_every);
   r.finish();
+}
+
+void parse_notify(MapReader& r, NotifyConfig& c) {
+  r.string("command", c.command);
+  r.period("command_timeout", c.command_timeout);
+  r.url("webhook_url", c.webhook_url, MapReader::UrlKind::kSecretish);
+  r.secret("webhook_secret", c.webhook_secret, Need::kOptional);
+  r.period("initial_backoff", c.initial_backoff);
+  r.period("max_backoff", c.max_backoff);
+  r.integer("max_attempts", c.max_attempts, 1, 1000);
+  r.integer("max_in_flight", c.max_in_flight, 1, 1000);
+  r.finish();
+  // Run without a shell and without our working directory: only an absolute path is unambiguous.
+  if (!c.command.empty() && !c.command.starts_with('/')) {
+    r.fail("command", "must be an absolute path; got " + quoted(c.command));
+  }
+  // A webhook is always signed; a key without a webhook is a leftover.
+  if (r.has("webhook_url") != r.has("webhook_secret")) {
+    const char* missing = r.has("webhook_url") ? "webhook_secret" : "webhook_url";
+    r.fail(missing, "missing required key (webhook_url and webhook_secret go together)");
+  }
+  if (c.initial_backoff > c.max_backoff) {
+    r.fail("max_backoff",
+           "must be at least initial_backoff (" + format_duration(c.initial_backoff) + ")");
+  }
 }
 
 void parse_sections(MapReader& r, Config& c) {
@@ -731,6 +768,7 @@ void parse_sections(MapReader& r, Config& c) {
   if (auto s = r.section("scheduler")) parse_scheduler(*s, c.scheduler);
   if (auto s = r.section("status")) parse_status(*s, c.status);
   if (auto s = r.section("log")) parse_log(*s, c.log);
+  if (auto s = r.section("notify")) parse_notify(*s, c.notify);
   r.finish();
   fill_tiktok_defaults(c.providers.tiktok);
   if (c.scheduler.lease <= c.http.total_timeout) {

@@ -35,11 +35,15 @@ struct SecretRef {
   // Reads the secret; one trailing newline is dropped. Fails, naming the source but never the
   // value, when the file or variable is missing or empty.
   Result<Secret> resolve() const;
+
+  bool operator==(const SecretRef&) const = default;
 };
 
 struct DatabaseConfig {
   std::string path = "/var/lib/tokenwarden/tokens.db";  // SQLite file; its WAL sits beside it
   Millis busy_timeout = std::chrono::seconds(5);        // wait this long for another writer
+
+  bool operator==(const DatabaseConfig&) const = default;
 };
 
 struct KeyConfig {
@@ -49,6 +53,8 @@ struct KeyConfig {
   // Keys retired by a rotation: still accepted for decryption until `tokenwarden rekey` has
   // re-encrypted every token with the current key.
   std::vector<std::string> previous_files;
+
+  bool operator==(const KeyConfig&) const = default;
 };
 
 // When tokens of one provider are renewed and checked. An absent optional means "off".
@@ -56,6 +62,8 @@ struct ScheduleConfig {
   std::optional<Seconds> refresh_every;  // renew this long after the last renewal
   std::optional<Seconds> renew_before;   // renew this long before expires_at / refresh_expires_at
   Seconds check_every = std::chrono::hours(1);  // health check period, spread over the period
+
+  bool operator==(const ScheduleConfig&) const = default;
 };
 
 // How hard tokenwarden may press one provider's endpoints.
@@ -64,6 +72,8 @@ struct ProviderLimits {
   int burst = 400;                   // token-bucket size
   int breaker_failures = 20;         // transient failures in a row that open the circuit breaker
   Seconds breaker_cooldown = std::chrono::minutes(1);  // how long it stays open before a probe
+
+  bool operator==(const ProviderLimits&) const = default;
 };
 
 struct MetaConfig {
@@ -75,6 +85,8 @@ struct MetaConfig {
   SecretRef app_secret;  // required when enabled
   ScheduleConfig schedule{std::chrono::days(7), std::chrono::days(3), std::chrono::hours(1)};
   ProviderLimits limits;
+
+  bool operator==(const MetaConfig&) const = default;
 };
 
 struct GoogleConfig {
@@ -86,6 +98,8 @@ struct GoogleConfig {
   // renew_before is off: Google's expires_at is the one-hour access token, refreshed on demand.
   ScheduleConfig schedule{std::chrono::days(30), std::nullopt, std::chrono::hours(1)};
   ProviderLimits limits;
+
+  bool operator==(const GoogleConfig&) const = default;
 };
 
 struct TikTokConfig {
@@ -100,6 +114,8 @@ struct TikTokConfig {
   SecretRef business_app_secret;
   ScheduleConfig schedule{std::nullopt, std::chrono::hours(72), std::chrono::hours(1)};
   ProviderLimits limits;
+
+  bool operator==(const TikTokConfig&) const = default;
 };
 
 struct ProvidersConfig {
@@ -110,6 +126,8 @@ struct ProvidersConfig {
   // What the three sections have in common, by provider.
   bool enabled(Provider p) const;
   const ProviderLimits& limits(Provider p) const;
+
+  bool operator==(const ProvidersConfig&) const = default;
 };
 
 struct HttpConfig {
@@ -119,6 +137,8 @@ struct HttpConfig {
   std::size_t max_response_bytes = 1 << 20;         // larger bodies are cut off and fail
   std::string ca_file;                              // extra CA bundle (tests); empty: system CAs
   std::string user_agent = "tokenwarden/0.1";
+
+  bool operator==(const HttpConfig&) const = default;
 };
 
 struct RetryConfig {
@@ -126,6 +146,8 @@ struct RetryConfig {
   Seconds max_backoff = std::chrono::hours(1);         // backoff doubles up to this cap
   double jitter = 0.2;    // each delay is drawn from [d * (1 - jitter), d]; 0 <= jitter <= 1
   int malformed_cap = 5;  // after this many malformed replies in a row, retry at max_backoff
+
+  bool operator==(const RetryConfig&) const = default;
 };
 
 struct SchedulerConfig {
@@ -135,16 +157,42 @@ struct SchedulerConfig {
   // another host, a wall clock that jumped).
   Seconds idle_poll = std::chrono::seconds(30);
   Seconds shutdown_grace = std::chrono::seconds(20);  // on SIGTERM, wait this long for requests
+
+  bool operator==(const SchedulerConfig&) const = default;
 };
 
 struct StatusConfig {
-  std::string file = "/var/lib/tokenwarden/status.json";
+  std::string file = "/var/lib/tokenwarden/status.json";  // JSON, rewritten atomically
+  std::string prometheus_file;  // also node_exporter textfile metrics here; empty: off
+  Seconds write_every = std::chrono::minutes(1);    // at least this often
+  Seconds min_interval = std::chrono::seconds(10);  // after work, at most this often
+
+  bool operator==(const StatusConfig&) const = default;
 };
 
 struct LogConfig {
   std::string level = "info";   // trace, debug, info, warn, error, critical, off
   std::string format = "text";  // text or json
   Seconds summary_every = std::chrono::minutes(5);  // a summary line this often
+
+  bool operator==(const LogConfig&) const = default;
+};
+
+// Notifications when a token moves to needs_reauth or revoked. No command and no webhook_url (the
+// default, or no `notify` section): none are sent.
+struct NotifyConfig {
+  std::string command;  // absolute path of an executable, run without a shell; empty: none
+  Millis command_timeout = std::chrono::seconds(30);  // then it is killed: a failed attempt
+  std::string webhook_url;   // http(s) URL to POST a signed JSON event to; empty: none
+  SecretRef webhook_secret;  // HMAC-SHA256 key for the signature; required with webhook_url
+  Seconds initial_backoff = std::chrono::seconds(10);  // first retry after a failed delivery
+  Seconds max_backoff = std::chrono::minutes(10);      // backoff doubles up to this cap
+  int max_attempts = 10;  // per delivery (command and webhook each), then it is given up
+  int max_in_flight = 8;  // commands and webhook requests running at once
+
+  bool enabled() const { return !command.empty() || !webhook_url.empty(); }
+
+  bool operator==(const NotifyConfig&) const = default;
 };
 
 struct Config {
@@ -156,6 +204,7 @@ struct Config {
   SchedulerConfig scheduler;
   StatusConfig status;
   LogConfig log;
+  NotifyConfig notify;
 
   std::string source;  // the file it came from, for messages
 };

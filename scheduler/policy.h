@@ -53,6 +53,8 @@ class Policy {
   Policy(const PolicyConfig& config, std::function<double()> random01);
 
   const ScheduleConfig& schedule_for(Provider provider) const;
+  // Takes new schedules and retry settings (a reloaded config); they apply from the next step.
+  void reconfigure(const PolicyConfig& config) { config_ = config; }
 
   // Whether this token is renewed at all: its kind is renewable and it holds what renewal needs.
   static bool renewable(const TokenRecord& r);

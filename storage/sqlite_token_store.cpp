@@ -26,7 +26,7 @@ namespace {
 
 // Forward migrations: entry i takes the schema from version i to i + 1. Never edit a shipped
 // entry; append a new one.
-constexpr std::array<const char*, 2> kMigrations{{
+constexpr std::array<const char*, 3> kMigrations{{
     // 0 -> 1: tokens, with the schedule in two indexed columns.
     R"sql(
 CREATE TABLE tokens (
@@ -75,6 +75,14 @@ CREATE INDEX tokens_refresh_due ON tokens (provider, next_refresh_due)
   WHERE next_refresh_due IS NOT NULL;
 CREATE INDEX tokens_check_due ON tokens (provider, next_check_due)
   WHERE next_check_due IS NOT NULL;
+)sql",
+    // 2 -> 3: which needs_reauth / revoked state the operator was notified of (its
+    // state_since), so a notice survives restarts and reaches the operator whichever process
+    // found the problem. Tokens already in such a state are notified once after the upgrade.
+    R"sql(
+ALTER TABLE tokens ADD COLUMN reauth_notified_since INTEGER;
+CREATE INDEX tokens_reauth_unnotified ON tokens (state_since)
+  WHERE state IN ('needs_reauth', 'revoked');
 )sql",
 }};
 
@@ -545,6 +553,51 @@ Result<bool> SqliteTokenStore::remove(std::string_view id) {
   });
 }
 
+namespace {
+
+// Tokens in needs_reauth or revoked (optionally only those not yet notified), longest waiting
+// first. The WHERE clause repeats the partial index tokens_reauth_unnotified's, so SQLite reads
+// that index and never the active tokens.
+Result<std::vector<TokenRecord>> select_reauth(SQLite::Database& db, std::size_t limit,
+                                               bool unnotified_only) {
+  SQLite::Statement q(db,
+                      std::string("SELECT ") + kColumns +
+                          " FROM tokens WHERE state IN ('needs_reauth', 'revoked')" +
+                          (unnotified_only ? " AND reauth_notified_since IS NOT state_since" : "") +
+                          " ORDER BY state_since, id LIMIT ?1");
+  q.bind(1, static_cast<std::int64_t>(limit));
+  std::vector<TokenRecord> out;
+  while (q.executeStep()) {
+    auto r = read_row(q);
+    if (!r) return r.error();
+    out.push_back(std::move(*r));
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<std::vector<TokenRecord>> SqliteTokenStore::needing_reauth(std::size_t limit) {
+  return guarded("listing tokens that need re-authorisation",
+                 [&] { return select_reauth(*impl_->db, limit, /*unnotified_only=*/false); });
+}
+
+Result<std::vector<TokenRecord>> SqliteTokenStore::unnotified_reauth(std::size_t limit) {
+  return guarded("listing tokens to notify",
+                 [&] { return select_reauth(*impl_->db, limit, /*unnotified_only=*/true); });
+}
+
+Result<bool> SqliteTokenStore::mark_reauth_notified(std::string_view id, SysTime state_since) {
+  return guarded("recording a notice", [&]() -> Result<bool> {
+    SQLite::Statement q(*impl_->db,
+                        "UPDATE tokens SET reauth_notified_since = ?2 WHERE id = ?1 AND "
+                        "state_since = ?2 AND state IN ('needs_reauth', 'revoked')");
+    q.bind(1, text_of(id));
+    q.bind(2, static_cast<int64_t>(to_unix(state_since)));
+    return q.exec() > 0;
+  });
+}
+
 Result<std::vector<StateCounts>> SqliteTokenStore::count_by_state() {
   return guarded("counting tokens", [&]() -> Result<std::vector<StateCounts>> {
     SQLite::Statement q(*impl_->db,
@@ -576,10 +629,17 @@ Result<TokenSecrets> SqliteTokenStore::read_secrets(const TokenRecord& record) {
 }
 
 Result<std::optional<SysTime>> SqliteTokenStore::earliest_due(const ProviderSet& providers) {
-  return guarded("finding the next due token", [&]() -> Result<std::optional<SysTime>> {
+  auto due = earliest_due_token(providers);
+  if (!due) return due.error();
+  return *due ? std::optional<SysTime>((*due)->due) : std::nullopt;
+}
+
+Result<std::optional<DueRef>> SqliteTokenStore::earliest_due_token(const ProviderSet& providers) {
+  return guarded("finding the next due token", [&]() -> Result<std::optional<DueRef>> {
     SQLite::Statement q(*impl_->db, due_query(providers, /*earliest_only=*/true));
-    if (!q.executeStep() || q.getColumn(1).isNull()) return std::optional<SysTime>();
-    return std::optional<SysTime>(from_unix(q.getColumn(1).getInt64()));
+    if (!q.executeStep() || q.getColumn(1).isNull()) return std::optional<DueRef>();
+    return std::optional<DueRef>(
+        DueRef{q.getColumn(0).getString(), from_unix(q.getColumn(1).getInt64())});
   });
 }
 

@@ -53,8 +53,12 @@ class SqliteTokenStore final : public TokenStore {
   Result<std::vector<TokenRecord>> list(const ListFilter& filter) override;
   Result<bool> remove(std::string_view id) override;
   Result<std::vector<StateCounts>> count_by_state() override;
+  Result<std::vector<TokenRecord>> needing_reauth(std::size_t limit) override;
+  Result<std::vector<TokenRecord>> unnotified_reauth(std::size_t limit) override;
+  Result<bool> mark_reauth_notified(std::string_view id, SysTime state_since) override;
   Result<TokenSecrets> read_secrets(const TokenRecord& record) override;
   Result<std::optional<SysTime>> earliest_due(const ProviderSet& providers) override;
+  Result<std::optional<DueRef>> earliest_due_token(const ProviderSet& providers) override;
   Result<std::vector<DueToken>> claim_due(SysTime now, std::size_t limit, std::string_view owner,
                                           Seconds lease, const ProviderSet& providers) override;
   Result<TokenRecord> claim(std::string_view id, SysTime now, std::string_view owner,

@@ -69,6 +69,12 @@ struct StateCounts {
 using ProviderSet = std::vector<Provider>;
 inline const ProviderSet kAllProviders{Provider::kMeta, Provider::kGoogle, Provider::kTikTok};
 
+// A token's earliest due time.
+struct DueRef {
+  std::string id;
+  SysTime due{};
+};
+
 // A lease as its holder knows it.
 struct LeaseRef {
   std::string id;
@@ -102,12 +108,23 @@ class TokenStore {
   // Token counts by provider and state (states with no tokens are absent).
   virtual Result<std::vector<StateCounts>> count_by_state() = 0;
 
+  // Tokens in needs_reauth or revoked, longest waiting first, at most `limit` (read through an
+  // index on those states only: cheap however many tokens are active).
+  virtual Result<std::vector<TokenRecord>> needing_reauth(std::size_t limit) = 0;
+  // The same, restricted to those whose current state the operator has not been notified of.
+  virtual Result<std::vector<TokenRecord>> unnotified_reauth(std::size_t limit) = 0;
+  // Records that the notice for `id` in its state since `state_since` is done. False when the
+  // token has moved on since (reconnected, removed, or another state): nothing is written.
+  virtual Result<bool> mark_reauth_notified(std::string_view id, SysTime state_since) = 0;
+
   // Decrypts the token's secrets. Errc::kCorrupt names the token when one does not decrypt.
   virtual Result<TokenSecrets> read_secrets(const TokenRecord& record) = 0;
 
   // The earliest next_refresh_due or next_check_due over the tokens of `providers`, or nullopt
   // when nothing is scheduled. Claimed tokens count at their lease expiry.
   virtual Result<std::optional<SysTime>> earliest_due(const ProviderSet& providers) = 0;
+  // The same, with the token it belongs to.
+  virtual Result<std::optional<DueRef>> earliest_due_token(const ProviderSet& providers) = 0;
 
   // Claims up to `limit` tokens of `providers` whose refresh or check is due at `now`, earliest
   // first, for `owner` until now + lease, each under a new lease generation. A claimed token's due

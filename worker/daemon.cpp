@@ -1,15 +1,17 @@
 #include "worker/daemon.h"
 
 #include <csignal>
+#include <functional>
 #include <random>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <unistd.h>
 
-namespace tw {
+#include "core/log.h"
+#include "providers/common.h"
 
-namespace {}  // namespace
+namespace tw {
 
 std::string process_owner(const std::string& prefix) {
   char host[256] = "unknown";
@@ -23,6 +25,8 @@ Result<std::unique_ptr<Daemon>> Daemon::build(const Config& config,
                                               std::shared_ptr<spdlog::logger> log, OpenMode mode) {
   auto d = std::make_unique<Daemon>();
   d->log = std::move(log);
+  d->config = config;
+  d->credentials_directory = credentials_directory;
 
   auto store = open_token_store(config.database, config.key, credentials_directory, mode);
   if (!store) return store.error();
@@ -66,35 +70,163 @@ Result<std::unique_ptr<Daemon>> Daemon::build(const Config& config,
   }
   d->scheduler =
       std::make_unique<Scheduler>(*d->store, *d->policy, d->clock, config.scheduler, owner, served);
-  d->worker = std::make_unique<Worker>(
-      d->io.get_executor(), *d->scheduler, *d->store, clients, d->clock, options, d->log,
-      asio_timers(d->io.get_executor(), d->clock, config.scheduler.idle_poll));
+  const TimerFactory timers =
+      asio_timers(d->io.get_executor(), d->clock, config.scheduler.idle_poll);
+  d->worker = std::make_unique<Worker>(d->io.get_executor(), *d->scheduler, *d->store, clients,
+                                       d->clock, options, d->log, timers);
+  d->status = std::make_unique<StatusReporter>(*d->store, *d->worker, d->clock, config.status,
+                                               owner, served, d->log, timers);
+  d->service = std::make_unique<ServiceNotifier>(d->clock, timers);
   return d;
 }
 
-int Daemon::run(Seconds shutdown_grace) {
+Status Daemon::enable_notices() {
+  if (!config.notify.enabled()) return {};
+  Secret key;
+  if (!config.notify.webhook_url.empty()) {
+    auto k = providers::resolve_secret(config.notify.webhook_secret, "notify.webhook_secret");
+    if (!k) return k.error();
+    key = std::move(*k);
+  }
+  const TimerFactory timers = asio_timers(io.get_executor(), clock, config.scheduler.idle_poll);
+  notifier = std::make_unique<Notifier>(io.get_executor(), config.notify, std::move(key), *http,
+                                        clock, log, timers);
+  notices = std::make_unique<ReauthNotices>(*store, *notifier, clock, log, timers);
+  return {};
+}
+
+std::vector<std::string> keys_needing_restart(const Config& a, const Config& b) {
+  std::vector<std::string> keys;
+  auto differ = [&keys](const char* key, bool changed) {
+    if (changed) keys.emplace_back(key);
+  };
+  // Whole sections are compared, so a key added to one later is covered without a change here.
+  // reload() applies a provider's schedule and limits, retry, status, log.level and
+  // log.summary_every; everything else is built into the running objects.
+  auto fixed = [](auto provider) {
+    provider.schedule = {};
+    provider.limits = {};
+    return provider;
+  };
+  differ("database", a.database != b.database);
+  differ("key", a.key != b.key);
+  differ("http", a.http != b.http);
+  differ("scheduler", a.scheduler != b.scheduler);
+  differ("providers.meta", fixed(a.providers.meta) != fixed(b.providers.meta));
+  differ("providers.google", fixed(a.providers.google) != fixed(b.providers.google));
+  differ("providers.tiktok", fixed(a.providers.tiktok) != fixed(b.providers.tiktok));
+  differ("log.format", a.log.format != b.log.format);
+  differ("notify", a.notify != b.notify);
+  return keys;
+}
+
+void Daemon::reload() {
+  service->reloading();
+  auto fresh = load_config(config.source);
+  if (!fresh) {
+    log->error("reload failed, keeping the running configuration: {}", fresh.error().message());
+    service->ready(status->summary());
+    return;
+  }
+  reconfigure_logger(*log, fresh->log);
+  policy->reconfigure(PolicyConfig::from(*fresh));
+  std::map<Provider, ProviderLimits> limits;
+  for (const auto& c : clients)
+    limits[c->provider()] = fresh->providers.limits(c->provider());
+  worker->set_limits(limits);
+  worker->set_summary_every(fresh->log.summary_every);
+  status->reconfigure(fresh->status);
+  const std::vector<std::string> pending = keys_needing_restart(config, *fresh);
+  std::string names;
+  for (const auto& k : pending)
+    names += (names.empty() ? "" : ", ") + k;
+  // What was applied becomes the running config; what needs a restart keeps its running value.
+  Config applied = config;
+  applied.log.level = fresh->log.level;
+  applied.log.summary_every = fresh->log.summary_every;
+  applied.providers.meta.schedule = fresh->providers.meta.schedule;
+  applied.providers.google.schedule = fresh->providers.google.schedule;
+  applied.providers.tiktok.schedule = fresh->providers.tiktok.schedule;
+  applied.providers.meta.limits = fresh->providers.meta.limits;
+  applied.providers.google.limits = fresh->providers.google.limits;
+  applied.providers.tiktok.limits = fresh->providers.tiktok.limits;
+  applied.retry = fresh->retry;
+  applied.status = fresh->status;
+  config = applied;
+  if (pending.empty()) {
+    log->info("configuration reloaded from {}", config.source);
+  } else {
+    log->warn("configuration reloaded from {}; changed but needing a restart: {}", config.source,
+              names);
+  }
+  service->ready(status->summary());
+}
+
+int Daemon::run() {
+  const Seconds shutdown_grace = config.scheduler.shutdown_grace;
+  boost::asio::signal_set hangup(io, SIGHUP);
+  std::function<void()> on_hangup = [this, &hangup, &on_hangup] {
+    hangup.async_wait([this, &on_hangup](const boost::system::error_code& ec, int) {
+      if (ec) return;
+      log->info("received SIGHUP: reloading {}", config.source);
+      reload();
+      on_hangup();
+    });
+  };
+  on_hangup();
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   auto name = [](int signal) { return signal == SIGTERM ? "SIGTERM" : "SIGINT"; };
-  signals.async_wait(
-      [this, shutdown_grace, &signals, name](const boost::system::error_code& ec, int signal) {
-        if (ec) return;
-        log->info("received {}: stopping (grace {}; a second signal stops at once)", name(signal),
-                  format_duration(shutdown_grace));
-        worker->stop(
-            shutdown_grace,
-            // Past the grace period, what is still in flight is cancelled: released, not failed.
-            [this] { http->shutdown(); }, [this] { io.stop(); });
-        signals.async_wait([this, name](const boost::system::error_code& ec2, int again) {
-          if (ec2) return;
-          log->warn(
-              "received {} again: stopping now; tokens in hand are released when their "
-              "leases expire",
-              name(again));
-          http->shutdown();
+  signals.async_wait([this, shutdown_grace, &signals, &hangup, name](
+                         const boost::system::error_code& ec, int signal) {
+    if (ec) return;
+    log->info("received {}: stopping (grace {}; a second signal stops at once)", name(signal),
+              format_duration(shutdown_grace));
+    service->stopping();
+    hangup.cancel();
+    // Notices not finished stay unmarked in the database and are sent after the restart.
+    if (notices) notices->stop();
+    if (notifier) notifier->shutdown();
+    worker->stop(
+        shutdown_grace,
+        // Past the grace period, what is still in flight is cancelled: released, not failed.
+        [this] { http->shutdown(); },
+        [this] {
+          status->stop();
+          service->stop_watchdog();
+          if (auto st = status->write_now(); !st) {
+            log->error("cannot write the final status: {}", st.error().message());
+          }
           io.stop();
         });
-      });
+    signals.async_wait([this, name](const boost::system::error_code& ec2, int again) {
+      if (ec2) return;
+      log->warn(
+          "received {} again: stopping now; tokens in hand are released when their leases "
+          "expire",
+          name(again));
+      http->shutdown();
+      io.stop();
+    });
+  });
+  // Only the daemon reports: a forced `refresh` or `check` builds the same pipeline but must not
+  // overwrite the daemon's status file with its own pid and counts.
+  worker->set_on_step([this](const StepReport& step) {
+    status->on_step(step);
+    const TokenState now = step.record.state;
+    if (notices && now != step.before &&
+        (now == TokenState::kNeedsReauth || now == TokenState::kRevoked)) {
+      notices->poke();
+    }
+  });
+  status->on_written = [this](const std::string& summary) { service->status(summary); };
   worker->start();
+  status->start();
+  if (notices) notices->start();
+  service->ready(status->summary());
+  if (auto period = service->start_watchdog(); period.count() > 0) {
+    log->info("systemd watchdog: pinging every {} ms",
+              std::chrono::duration_cast<std::chrono::milliseconds>(period).count() / 2);
+  }
   io.run();
   log->info("stopped");
   return 0;

@@ -10,6 +10,9 @@ AsioWakeTimer::AsioWakeTimer(boost::asio::any_io_executor executor, const Clock&
 
 void AsioWakeTimer::arm(WallTime at, std::function<void()> fn) {
   at_ = at;
+  steady_at_ =
+      clock_.steady_now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                std::max(at - clock_.system_now(), WallTime::duration::zero()));
   fn_ = std::move(fn);
   ++arming_;
   sleep();
@@ -22,12 +25,18 @@ void AsioWakeTimer::cancel() {
 }
 
 void AsioWakeTimer::sleep() {
-  auto delay = std::max(at_ - clock_.system_now(), WallTime::duration::zero());
-  delay = std::min<WallTime::duration>(delay, max_sleep_);
-  timer_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(delay));
-  timer_.async_wait([this, arming = arming_](const boost::system::error_code& ec) {
-    if (ec || arming != arming_) return;
-    if (clock_.system_now() < at_) return sleep();  // a capped sleep, or the clock moved back
+  using SteadyDuration = std::chrono::steady_clock::duration;
+  auto delay = std::min(std::chrono::duration_cast<SteadyDuration>(at_ - clock_.system_now()),
+                        steady_at_ - clock_.steady_now());
+  delay = std::clamp<SteadyDuration>(delay, SteadyDuration::zero(), max_sleep_);
+  timer_.expires_after(delay);
+  // A completion already queued when the timer is destroyed still runs (with no error): it must
+  // not touch `this` then. `alive_` dies with the timer.
+  timer_.async_wait([this, alive = std::weak_ptr<char>(alive_),
+                     arming = arming_](const boost::system::error_code& ec) {
+    if (ec || alive.expired() || arming != arming_) return;
+    // Not yet by either clock: a capped sleep.
+    if (clock_.system_now() < at_ && clock_.steady_now() < steady_at_) return sleep();
     auto fn = std::move(fn_);
     fn_ = nullptr;
     if (fn) fn();

@@ -1,9 +1,14 @@
 // Timers of the worker, armed for a wall-clock instant and made by a factory, so tests can
 // replace every one of them and drive the loop with a fake clock.
 //
-// Thread-safety: none; used on the worker's executor.
-// AsioWakeTimer sleeps on a steady_timer but never longer than `max_sleep` at a time, re-reading
-// the clock when it wakes, so a wall clock set forwards or backwards delays nothing for long.
+// Thread-safety: none; used on the worker's executor. A timer may be destroyed at any time on that
+// executor, even from another timer's callback due at the same instant: its callback never runs.
+// AsioWakeTimer fires at the earlier of two instants: when the wall clock reaches `at`, and when
+// the steady clock has run for as long as `at` was ahead of the wall clock at arming. It sleeps on
+// a steady_timer but never longer than `max_sleep` at a time, re-reading both clocks when it
+// wakes. So a wall clock set forwards fires it early (within max_sleep), and one set backwards
+// never holds it back: an hour's step back must not starve systemd's watchdog or the status file.
+// Callers that act on wall-clock due times (the worker) re-read the schedule when it fires.
 // Tests use ManualTimers: every timer it makes is fired by the test, in time order, after moving
 // a FakeClock.
 #pragma once
@@ -49,8 +54,10 @@ class AsioWakeTimer final : public WakeTimer {
   const Clock& clock_;
   Seconds max_sleep_;
   WallTime at_{};
+  std::chrono::steady_clock::time_point steady_at_{};  // the same instant, on the steady clock
   std::function<void()> fn_;
   std::uint64_t arming_ = 0;  // a cancelled or replaced wait must not fire
+  std::shared_ptr<char> alive_ = std::make_shared<char>();  // expires when this is destroyed
 };
 
 // A factory of AsioWakeTimers.

@@ -4,6 +4,8 @@
 
 #include <boost/asio/post.hpp>
 
+#include "core/log.h"
+
 namespace tw {
 
 namespace {
@@ -32,6 +34,7 @@ struct ActiveJob {
   bool probe = false;                // its request is the breaker's half-open probe
   bool lost = false;                 // the lease was lost: drop it
   bool busy = false;                 // a request or a commit retry is under way
+  TokenState state_before = TokenState::kActive;  // before the step being committed
   SteadyTime started{};
   std::optional<Outcome> uncommitted;  // an outcome whose commit is being retried
   std::chrono::milliseconds retry_delay = kFirstCommitRetry;
@@ -117,6 +120,8 @@ struct Worker::Impl {
   bool giving_up = false;  // stopping, and past the grace period: last commit attempts
   bool lease_timer_armed = false;
   std::function<void()> on_stopped;
+  std::function<void(const StepReport&)> on_step;
+  WallTime last_tick{};
   WorkerStats at_last_summary;
 
   WorkerStats& stats() { return worker.stats_; }
@@ -125,6 +130,7 @@ struct Worker::Impl {
   // --- the loop ---------------------------------------------------------------------------------
 
   void pump() {
+    last_tick = clock.system_now();
     if (stopping) return;
     dispatch();
     claim_forced();
@@ -135,8 +141,11 @@ struct Worker::Impl {
         log->error("cannot claim due tokens: {}", jobs.error().message());
         return arm(after(std::chrono::seconds(1)));
       }
-      for (Job& j : *jobs)
-        take(std::make_shared<ActiveJob>(std::move(j)));
+      for (Job& j : *jobs) {
+        auto job = std::make_shared<ActiveJob>(std::move(j));
+        job->state_before = job->job.record.state;
+        take(std::move(job));
+      }
     }
     dispatch();
     ensure_lease_timer();
@@ -270,6 +279,7 @@ struct Worker::Impl {
                                                       : claimed.error().message());
     }
     auto job = std::make_shared<ActiveJob>(std::move(*claimed));
+    job->state_before = job->job.record.state;
     job->forced = f;
     job->forced_index = i;
     job->job.refresh_due = res.op == Operation::kRefresh;
@@ -478,6 +488,14 @@ struct Worker::Impl {
     }
     log_outcome(*job, o, check_follows);
     count(o);
+    if (on_step) {
+      on_step(StepReport{o.op, o.ok, o.ok ? ErrorClass::kNone : o.failure.error_class,
+                         o.ok ? std::string() : o.failure.message, job->job.record,
+                         job->state_before,
+                         std::chrono::duration_cast<std::chrono::milliseconds>(clock.steady_now() -
+                                                                               job->started)});
+    }
+    job->state_before = job->job.record.state;
     if (check_follows) {
       job->job.refresh_due = false;
       return requeue(job);
@@ -557,6 +575,17 @@ struct Worker::Impl {
                                            : "next renewal " + when(r.next_refresh_due) +
                                                  ", next check " + when(r.next_check_due);
     const char* verb = o.op == Operation::kRefresh ? "renewal" : "check";
+    // Structured: journald fields (journalctl -u tokenwarden TOKEN_ID=...), JSON keys.
+    ScopedLogFields fields(
+        {{"TOKEN_ID", r.id},
+         {"PROVIDER", std::string(to_string(r.provider))},
+         {"KIND", std::string(to_string(r.kind))},
+         {"WORKSPACE", r.workspace_id},
+         {"OPERATION", std::string(to_string(o.op))},
+         {"OUTCOME", o.ok ? "ok" : "failed"},
+         {"ERROR_CLASS", std::string(to_string(o.ok ? ErrorClass::kNone : o.failure.error_class))},
+         {"STATE", std::string(to_string(r.state))},
+         {"LATENCY_MS", std::to_string(latency)}});
     if (o.ok) {
       log->info("{} of {} ok in {} ms{}; {}", verb, who, latency,
                 o.note.empty() ? "" : " (" + o.note + ")", next);
@@ -740,9 +769,41 @@ std::size_t Worker::in_hand() const {
   return impl_->active.size();
 }
 
+void Worker::set_on_step(std::function<void(const StepReport&)> fn) {
+  impl_->on_step = std::move(fn);
+}
+
+void Worker::set_limits(const std::map<Provider, ProviderLimits>& limits) {
+  Impl& w = *impl_;
+  for (auto& [provider, lane] : w.lanes) {
+    auto it = limits.find(provider);
+    if (it == limits.end()) continue;
+    const ProviderLimits& now = w.options.limits[provider];
+    const ProviderLimits& next = it->second;
+    // Only what changed starts afresh: a reload must not close a breaker open in an outage.
+    if (next.requests_per_second != now.requests_per_second || next.burst != now.burst) {
+      lane.bucket = TokenBucket(next.requests_per_second, next.burst, w.clock.steady_now());
+    }
+    if (next.breaker_failures != now.breaker_failures ||
+        next.breaker_cooldown != now.breaker_cooldown) {
+      lane.breaker = CircuitBreaker(next.breaker_failures, next.breaker_cooldown);
+    }
+    w.options.limits[provider] = next;
+  }
+}
+
+void Worker::set_summary_every(Seconds every) {
+  impl_->options.summary_every = every;
+}
+
+WallTime Worker::last_tick() const {
+  return impl_->last_tick;
+}
+
 void Worker::start() {
   Impl& w = *impl_;
   w.running = true;
+  w.last_tick = w.clock.system_now();  // the loop is alive; the first pump follows at once
   std::string providers;
   for (const auto& [p, lane] : w.lanes)
     providers += " " + std::string(to_string(p));

@@ -67,6 +67,17 @@ struct WorkerStats {
   std::uint64_t results_dropped = 0;  // outcomes not stored: the lease was lost or the token gone
 };
 
+// One committed step, for the status file, notifications and metrics.
+struct StepReport {
+  Operation op = Operation::kCheck;
+  bool ok = true;
+  ErrorClass error_class = ErrorClass::kNone;
+  std::string message;                      // the failure, one line, no secret
+  TokenRecord record;                       // as committed
+  TokenState before = TokenState::kActive;  // the state before this step
+  std::chrono::milliseconds latency{0};
+};
+
 // The result of one forced operation (tokenwarden refresh / check).
 struct ForcedResult {
   enum class Status { kOk, kFailed, kNotFound, kBusy, kRefused, kCancelled };
@@ -98,6 +109,17 @@ class Worker {
   // id, in order. A token leased by someone else is reported busy. Does not need start().
   void run_now(std::vector<std::string> ids, Operation op,
                std::function<void(std::vector<ForcedResult>)> done);
+
+  // Called after every committed step (not for steps whose outcome was dropped).
+  void set_on_step(std::function<void(const StepReport&)> fn);
+  // Replaces the per-provider limits (a reloaded config). A lane whose rate or burst changed gets
+  // a new, full token bucket; one whose breaker settings changed gets a new, closed breaker;
+  // unchanged ones keep their state (an open breaker stays open).
+  void set_limits(const std::map<Provider, ProviderLimits>& limits);
+  // The summary line's period (a reloaded config), from the next summary on.
+  void set_summary_every(Seconds every);
+  // When the loop last ran: a stale tick means a stuck loop.
+  WallTime last_tick() const;
 
   const WorkerStats& stats() const { return stats_; }
   // Requests in flight, and tokens in hand (queued, in flight or committing).

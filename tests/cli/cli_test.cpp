@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "core/time.h"
 #include "tests/test_util.h"
 
 namespace tw {
@@ -309,6 +310,75 @@ TEST_F(Cli, SimulateRunsAndFindsNoPlaintext) {
   EXPECT_NE(list.out.find("needs_reauth"), std::string::npos);
   Outcome again = run({"simulate", "--dir", dir_.file("sim")}, "", false);
   EXPECT_EQ(again.exit_code, 2) << "refuses a directory that is not empty";
+}
+
+TEST_F(Cli, StatusIsAMonitoringCheck) {
+  const std::string path = dir_.file("status.json");
+  auto now = [] {
+    return format_time(std::chrono::floor<Seconds>(std::chrono::system_clock::now()));
+  };
+  auto write_status = [&](const std::string& tick, int reauth) {
+    nlohmann::json reauth_list = nlohmann::json::array();
+    if (reauth > 0) {
+      reauth_list.push_back({{"token_id", "tok_dead"},
+                             {"provider", "google"},
+                             {"workspace_id", "ws-9"},
+                             {"account_id", "accounts/9"},
+                             {"state", "revoked"},
+                             {"since", tick},
+                             {"reason", "invalid_grant"}});
+    }
+    nlohmann::json s = {{"version", "0.1.0"},
+                        {"owner", "h:1"},
+                        {"started", tick},
+                        {"written", tick},
+                        {"last_tick", tick},
+                        {"tokens",
+                         {{"total",
+                           {{"active", 3},
+                            {"failing", 0},
+                            {"needs_reauth", 0},
+                            {"revoked", reauth},
+                            {"disabled", 0}}},
+                          {"by_provider", {{"google", {{"active", 3}, {"revoked", reauth}}}}}}},
+                        {"next_due", tick},
+                        {"oldest_overdue", nullptr},
+                        {"last_hour",
+                         {{"refreshes", {{"ok", 2}, {"failed", {{"transient", 1}}}}},
+                          {"checks", {{"ok", 5}, {"failed", nlohmann::json::object()}}}}},
+                        {"needs_reauth", reauth_list},
+                        {"needs_reauth_total", reauth}};
+    write_file(path, s.dump());
+  };
+  write_status(now(), 0);
+  Outcome healthy = run({"status", "--file", path});
+  EXPECT_EQ(healthy.exit_code, 0) << healthy.err;
+  EXPECT_NE(healthy.out.find("3 active"), std::string::npos) << healthy.out;
+  EXPECT_NE(healthy.out.find("OK"), std::string::npos);
+
+  write_status(now(), 1);
+  Outcome attention = run({"status", "--file", path});
+  EXPECT_EQ(attention.exit_code, 1);
+  EXPECT_NE(attention.out.find("tok_dead"), std::string::npos) << attention.out;
+  EXPECT_NE(attention.out.find("NEEDS ATTENTION"), std::string::npos);
+  Outcome json = run({"status", "--file", path, "--json"});
+  EXPECT_EQ(json.exit_code, 1);
+  EXPECT_EQ(nlohmann::json::parse(json.out)["needs_reauth_total"], 1);
+
+  write_status("2020-01-01T00:00:00Z", 0);
+  Outcome stale = run({"status", "--file", path});
+  EXPECT_EQ(stale.exit_code, 1) << "a daemon that stopped ticking is not healthy";
+  EXPECT_NE(stale.out.find("STALE"), std::string::npos);
+
+  EXPECT_EQ(run({"status", "--file", dir_.file("missing.json")}).exit_code, 2);
+  write_file(path, "not json");
+  EXPECT_EQ(run({"status", "--file", path}).exit_code, 2);
+  write_file(path, R"({"written": "x", "last_tick": 7, "tokens": {"total": [1, "2"]}})");
+  Outcome mangled = run({"status", "--file", path});
+  EXPECT_EQ(mangled.exit_code, 2) << "wrong types are an error, not a crash";
+  EXPECT_NE(mangled.err.find("is not a tokenwarden status file"), std::string::npos);
+  write_status(now(), 0);
+  EXPECT_EQ(run({"status", "--file", path, "--stale-after", "soon"}).exit_code, 2);
 }
 
 }  // namespace

@@ -115,6 +115,15 @@ void expect_default_sections(const Config& c) {
   EXPECT_EQ(c.status.file, "/var/lib/tokenwarden/status.json");
   EXPECT_EQ(c.log.level, "info");
   EXPECT_EQ(c.log.format, "text");
+  EXPECT_FALSE(c.notify.enabled());
+  EXPECT_EQ(c.notify.command, "");
+  EXPECT_EQ(c.notify.command_timeout, 30s);
+  EXPECT_EQ(c.notify.webhook_url, "");
+  EXPECT_TRUE(c.notify.webhook_secret.empty());
+  EXPECT_EQ(c.notify.initial_backoff, 10s);
+  EXPECT_EQ(c.notify.max_backoff, 10min);
+  EXPECT_EQ(c.notify.max_attempts, 10);
+  EXPECT_EQ(c.notify.max_in_flight, 8);
 }
 
 void expect_schedule(const ScheduleConfig& s, std::optional<Seconds> refresh_every,
@@ -242,7 +251,13 @@ TEST(ConfigExample, DocumentsEveryKey) {
                           "status:",
                           "log:",
                           "level:",
-                          "format:"}) {
+                          "format:",
+                          "notify:",
+                          "command:",
+                          "command_timeout:",
+                          "webhook_url:",
+                          "webhook_secret:",
+                          "max_attempts:"}) {
     EXPECT_TRUE(std::regex_search(text, std::regex(std::string(R"((^|\n) *(# )?)") + key)))
         << key << " is not in the example";
   }
@@ -458,7 +473,7 @@ TEST(ConfigErrors, UnknownKeyFarFromAnyListsTheAllowedKeys) {
        "test.yaml:3: log.colour: unknown key (allowed: level, format, summary_every)"},
       {"features: {}\n",
        "test.yaml:1: features: unknown key (allowed: database, key, providers, http, retry, "
-       "scheduler, status, log)"},
+       "scheduler, status, log, notify)"},
       {"providers:\n  facebook: {}\n",
        "test.yaml:2: providers.facebook: unknown key (allowed: meta, google, tiktok)"},
   });
@@ -952,6 +967,83 @@ TEST(ConfigLoad, ErrorsNameTheFile) {
   ASSERT_TRUE(ok.ok()) << ok.error().message();
   EXPECT_EQ(ok->source, path);
   EXPECT_EQ(ok->log.level, "warn");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notifications.
+
+TEST(ConfigNotify, ReadsEveryField) {
+  Config c = parse_ok(R"(notify:
+  command: /usr/local/bin/reauth-hook
+  command_timeout: 1500ms
+  webhook_url: https://hooks.example:8443/tw
+  webhook_secret: {env: TW_HOOK_KEY}
+  initial_backoff: 2s
+  max_backoff: 1h
+  max_attempts: 1000
+  max_in_flight: 1
+)");
+  const NotifyConfig& n = c.notify;
+  EXPECT_TRUE(n.enabled());
+  EXPECT_EQ(n.command, "/usr/local/bin/reauth-hook");
+  EXPECT_EQ(n.command_timeout, 1500ms);
+  EXPECT_EQ(n.webhook_url, "https://hooks.example:8443/tw");
+  EXPECT_EQ(n.webhook_secret.source, SecretRef::Source::kEnv);
+  EXPECT_EQ(n.webhook_secret.name, "TW_HOOK_KEY");
+  EXPECT_EQ(n.initial_backoff, 2s);
+  EXPECT_EQ(n.max_backoff, 1h);
+  EXPECT_EQ(n.max_attempts, 1000);
+  EXPECT_EQ(n.max_in_flight, 1);
+}
+
+TEST(ConfigNotify, EitherChannelAloneEnables) {
+  EXPECT_FALSE(parse_ok("notify:\n").notify.enabled());
+  EXPECT_FALSE(parse_ok("notify: {max_attempts: 3}").notify.enabled());
+  EXPECT_TRUE(parse_ok("notify: {command: /bin/true}").notify.enabled());
+  Config c = parse_ok("notify: {webhook_url: http://127.0.0.1:9/h, webhook_secret: {file: /k}}");
+  EXPECT_TRUE(c.notify.enabled());
+  EXPECT_EQ(c.notify.command, "");
+  // Receivers such as Zapier's catch hooks end with "/".
+  EXPECT_EQ(parse_ok("notify: {webhook_url: 'https://hooks.zapier.com/hooks/catch/1/ab/', "
+                     "webhook_secret: {file: /k}}")
+                .notify.webhook_url,
+            "https://hooks.zapier.com/hooks/catch/1/ab/");
+}
+
+TEST(ConfigNotify, Errors) {
+  expect_errors({
+      {"notify:\n  webhook_url: https://hooks.example/tw\n",
+       "test.yaml:1: notify.webhook_secret: missing required key (webhook_url and webhook_secret "
+       "go together)"},
+      {"notify:\n  webhook_secret: {env: K}\n",
+       "test.yaml:1: notify.webhook_url: missing required key (webhook_url and webhook_secret go "
+       "together)"},
+      {"notify:\n  command: bin/hook\n",
+       "test.yaml:2: notify.command: must be an absolute path; got \"bin/hook\""},
+      {"notify:\n  command: \"\"\n", "test.yaml:2: notify.command: must not be empty"},
+      {"notify:\n  webhook_url: ftp://x\n  webhook_secret: {env: K}\n",
+       "test.yaml:2: notify.webhook_url: expected a URL starting with http:// or https://"},
+      // The URL's path may be a credential: never quoted back.
+      {"notify:\n  webhook_url: https:///hooks/catch/123456/abcSECRETdef/\n"
+       "  webhook_secret: {env: K}\n",
+       "test.yaml:2: notify.webhook_url: URL has no host"},
+      {"notify:\n  webhook_url: \"https://user:pw@hooks.example/a b\"\n"
+       "  webhook_secret: {env: K}\n",
+       "test.yaml:2: notify.webhook_url: URL must not contain spaces"},
+      {"notify:\n  webhook_url: https://x\n  webhook_secret: s3cr3t\n",
+       "test.yaml:3: notify.webhook_secret: got a scalar; secrets must be given as {file: PATH}, "
+       "{env: NAME} or {credential: NAME}"},
+      {"notify: {max_attempts: 0}",
+       "test.yaml:1: notify.max_attempts: must be from 1 to 1000; got 0"},
+      {"notify: {max_in_flight: 1001}",
+       "test.yaml:1: notify.max_in_flight: must be from 1 to 1000; got 1001"},
+      {"notify: {command_timeout: 0s}",
+       "test.yaml:1: notify.command_timeout: must be greater than zero"},
+      {"notify: {initial_backoff: 1m, max_backoff: 30s}",
+       "test.yaml:1: notify.max_backoff: must be at least initial_backoff (1m)"},
+      {"notify: {comand: /bin/true}",
+       "test.yaml:1: notify.comand: unknown key (did you mean \"command\"?)"},
+  });
 }
 
 }  // namespace

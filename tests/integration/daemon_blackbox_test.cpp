@@ -2,6 +2,7 @@
 // loopback, with a forced `tokenwarden refresh --all` beside it. The outcome is read from the
 // store and from the simulator's counters: no refresh sent twice or concurrently, every stored
 // refresh token the newest one the provider issued, no secret in the daemon's log.
+#include <filesystem>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 #include "scheduler/policy.h"
 #include "storage/sqlite_token_store.h"
 #include "tests/support/child_process.h"
+#include "tests/support/notify_socket.h"
 #include "tests/test_util.h"
 
 namespace tw {
@@ -54,7 +56,11 @@ class DaemonBlackBox : public ::testing::Test {
         "scheduler: {idle_poll: 1s, shutdown_grace: 5s}\n"
         "http: {total_timeout: 5s}\n"
         "retry: {initial_backoff: 1s, max_backoff: 5s}\n"
-        "log: {summary_every: 2s, level: debug}\n";
+        "log: {summary_every: 2s, level: debug}\n" +
+        // Never the default /var/lib/tokenwarden/status.json of the host running the tests.
+        "status: {file: " + dir_.file("status.json") +
+        ", prometheus_file: " + dir_.file("tokenwarden.prom") +
+        ", write_every: 2s, min_interval: 1s}\n";
     testing::write_file(dir_.file("tokenwarden.yaml"), config);
   }
 
@@ -158,7 +164,7 @@ TEST_F(DaemonBlackBox, RenewsAndChecksEveryTokenLosingNothingBesideAForcedRefres
   auto s = store();
   const std::string logs =
       testing::read_file(dir_.file("daemon.err")) + testing::read_file(dir_.file("forced.err"));
-  EXPECT_NE(logs.find("renewal of tok_"), std::string::npos);
+  EXPECT_NE(logs.find(" of tok_"), std::string::npos) << "a line per renewal or check";
   auto rows = s->list({});
   ASSERT_TRUE(rows);
   ASSERT_EQ(rows->size(), accounts_.size());
@@ -178,6 +184,154 @@ TEST_F(DaemonBlackBox, RenewsAndChecksEveryTokenLosingNothingBesideAForcedRefres
       }
     }
   }
+}
+
+// Run as systemd would: a notify socket, a watchdog, SIGHUP reloads, then SIGTERM. The status
+// file and `tokenwarden status` tell what happened; no log line holds a secret.
+TEST_F(DaemonBlackBox, SpeaksToSystemdWritesItsStatusAndReloads) {
+  seed({{{{"provider", "google"}, {"account_id", "accounts/ok"}},
+         Provider::kGoogle,
+         TokenKind::kRefreshToken},
+        {{{"provider", "google"}, {"account_id", "accounts/gone"}},
+         Provider::kGoogle,
+         TokenKind::kRefreshToken},
+        {{{"provider", "tiktok"}, {"api", "v2"}, {"account_id", "open-1"}},
+         Provider::kTikTok,
+         TokenKind::kRefreshToken}});
+  admin("POST", "/admin/revoke", {{"provider", "google"}, {"account_id", "accounts/gone"}});
+  std::string config = testing::read_file(dir_.file("tokenwarden.yaml"));
+  // The operator's hook: records the event and its whole environment.
+  const std::string hook = dir_.file("on-reauth.sh");
+  testing::write_file(hook, "#!/bin/sh\necho \"$TW_TOKEN_ID $TW_STATE $TW_WORKSPACE\" >> '" +
+                                dir_.file("notices") + "'\nenv > '" + dir_.file("hook.env") +
+                                "'\n");
+  std::filesystem::permissions(hook, std::filesystem::perms::owner_all);
+  config += "notify: {command: " + hook + "}\n";
+  testing::write_file(dir_.file("tokenwarden.yaml"), config);
+
+  testing::FakeNotifySocket notify(dir_.file("notify"), /*export_env=*/false);
+  std::vector<std::string> env = kSecrets;
+  env.push_back("NOTIFY_SOCKET=" + dir_.file("notify"));
+  env.push_back("WATCHDOG_USEC=2000000");
+  ChildProcess daemon(TW_BINARY, {"--config", dir_.file("tokenwarden.yaml"), "run"},
+                      dir_.file("daemon.err"), env);
+  ASSERT_TRUE(notify.wait_for("READY=1", std::chrono::milliseconds(10'000)))
+      << testing::read_file(dir_.file("daemon.err"));
+  EXPECT_TRUE(notify.wait_for("WATCHDOG=1", std::chrono::milliseconds(5'000)));
+
+  // Within a check period (5 s) every token is checked and the revoked grant found.
+  nlohmann::json status;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    status = json::parse(testing::read_file(dir_.file("status.json")), nullptr, false);
+    if (status.is_object() && status["needs_reauth_total"] == 1 &&
+        status["last_hour"]["checks"]["ok"].get<int>() >= 2) {
+      break;
+    }
+    std::this_thread::sleep_for(200ms);  // polling an external process, not timing the test
+  }
+  ASSERT_TRUE(status.is_object()) << testing::read_file(dir_.file("daemon.err"));
+  EXPECT_EQ(status["needs_reauth_total"], 1) << status.dump(2);
+  EXPECT_EQ(status["needs_reauth"][0]["workspace_id"], "ws");
+  EXPECT_EQ(status["needs_reauth"][0]["state"], "revoked");
+  EXPECT_EQ(status["tokens"]["total"]["revoked"], 1);
+  EXPECT_EQ(status["pid"], daemon.pid());
+  EXPECT_NE(
+      testing::read_file(dir_.file("tokenwarden.prom")).find("tokenwarden_needs_reauth_tokens 1"),
+      std::string::npos);
+  EXPECT_TRUE(notify.wait_for("STATUS=", std::chrono::milliseconds(5'000)));
+
+  // The hook ran once for the revoked token, with nothing secret in its environment.
+  const std::string revoked_id = status["needs_reauth"][0]["token_id"].get<std::string>();
+  std::string notices;
+  for (int i = 0; i < 100 && notices.empty(); ++i) {
+    notices = testing::read_file(dir_.file("notices"));
+    std::this_thread::sleep_for(100ms);  // polling an external process
+  }
+  EXPECT_EQ(notices, revoked_id + " revoked ws\n");
+  const std::string hook_env = testing::read_file(dir_.file("hook.env"));
+  EXPECT_NE(hook_env.find("TW_PROVIDER=google"), std::string::npos) << hook_env;
+  for (const char* secret : {"sim-meta-secret", "sim-google-secret", "sim-tiktok-secret"}) {
+    EXPECT_EQ(hook_env.find(secret), std::string::npos) << hook_env;
+  }
+
+  // `tokenwarden status` as a monitoring check: a token needs re-auth, so exit 1.
+  ChildProcess check(TW_BINARY, {"--config", dir_.file("tokenwarden.yaml"), "status"},
+                     dir_.file("status.err"));
+  EXPECT_EQ(check.wait(), 1);
+
+  // SIGHUP with a good change, then with a broken file: the daemon keeps running either way.
+  const std::string retry = "retry: {initial_backoff: 1s, max_backoff: 5s}";
+  auto with_retry = [&](const std::string& replacement) {
+    std::string changed = config;
+    const size_t at = changed.find(retry);
+    EXPECT_NE(at, std::string::npos);
+    return changed.replace(at, retry.size(), replacement);
+  };
+  // A retry change applies at once; an HTTP timeout needs a restart, and the log says so.
+  std::string changed = with_retry("retry: {initial_backoff: 2s, max_backoff: 10s}");
+  const std::string http = "http: {total_timeout: 5s}";
+  ASSERT_NE(changed.find(http), std::string::npos);
+  changed.replace(changed.find(http), http.size(), "http: {total_timeout: 6s}");
+  testing::write_file(dir_.file("tokenwarden.yaml"), changed);
+  auto wait_for_log = [&](const std::string& text) {
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    std::string log;
+    while (std::chrono::steady_clock::now() < until) {
+      log = testing::read_file(dir_.file("daemon.err"));
+      if (log.find(text) != std::string::npos) break;
+      std::this_thread::sleep_for(100ms);  // polling an external process
+    }
+    return log;
+  };
+  kill(daemon.pid(), SIGHUP);
+  EXPECT_TRUE(notify.wait_for("RELOADING=1", std::chrono::milliseconds(5'000)));
+  EXPECT_NE(wait_for_log("configuration reloaded").find("changed but needing a restart: http\n"),
+            std::string::npos);
+  testing::write_file(dir_.file("tokenwarden.yaml"), with_retry("retry: [broken"));
+  kill(daemon.pid(), SIGHUP);
+  std::string log = wait_for_log("reload failed");
+  EXPECT_NE(log.find("configuration reloaded"), std::string::npos) << log;
+  EXPECT_NE(log.find("reload failed, keeping the running configuration"), std::string::npos) << log;
+
+  EXPECT_EQ(daemon.terminate(SIGTERM, std::chrono::milliseconds(20'000)), 0) << log;
+  EXPECT_TRUE(notify.wait_for("STOPPING=1", std::chrono::milliseconds(1'000)));
+  EXPECT_EQ(testing::read_file(dir_.file("notices")), revoked_id + " revoked ws\n")
+      << "notified once, not on every scan";
+  log = testing::read_file(dir_.file("daemon.err"));
+  // No secret the simulator issued (seeded or renewed) is in any log line.
+  for (const auto& [provider, account] : accounts_) {
+    json view = admin("GET", "/admin/account?provider=" + provider + "&account_id=" + account);
+    for (const char* k : {"access_token", "refresh_token"}) {
+      if (view[k].is_string()) {
+        EXPECT_EQ(log.find(view[k].get<std::string>()), std::string::npos) << k;
+      }
+    }
+  }
+  for (const char* secret : {"sim-meta-secret", "sim-google-secret", "sim-tiktok-secret"}) {
+    EXPECT_EQ(log.find(secret), std::string::npos);
+  }
+}
+
+// `tokenwarden check` and `refresh` build the daemon's pipeline but are not the daemon: they must
+// not write its status file (a dead daemon would look alive to `tokenwarden status`).
+TEST_F(DaemonBlackBox, ForcedCommandsLeaveTheStatusFileAlone) {
+  seed({{{{"provider", "google"}, {"account_id", "accounts/1"}},
+         Provider::kGoogle,
+         TokenKind::kRefreshToken},
+        {{{"provider", "meta"}, {"kind", "page"}, {"account_id", "page-1"}},
+         Provider::kMeta,
+         TokenKind::kPageToken}});
+  for (const char* command : {"check", "refresh"}) {
+    ChildProcess forced(TW_BINARY, {"--config", dir_.file("tokenwarden.yaml"), command, "--all"},
+                        dir_.file("forced.err"), kSecrets);
+    EXPECT_EQ(forced.wait(std::chrono::milliseconds(30'000)), 0)
+        << testing::read_file(dir_.file("forced.err"));
+  }
+  EXPECT_GE(admin("GET", "/admin/counters")["totals"]["checks"].get<int>(), 1)
+      << "checks were sent";
+  EXPECT_FALSE(std::filesystem::exists(dir_.file("status.json")));
+  EXPECT_FALSE(std::filesystem::exists(dir_.file("tokenwarden.prom")));
 }
 
 }  // namespace

@@ -426,6 +426,30 @@ TEST_F(SimTest, AGrantRemembersItsNewestSixteenTokens) {
   EXPECT_EQ(google_refresh(g["refresh_token"]).status, 200);  // the current one is always kept
 }
 
+TEST_F(SimTest, IssuedListsEveryTokenEverIssuedWhenRecording) {
+  EXPECT_EQ(get("/admin/issued").status, 409) << "off unless asked for";
+  options.record_issued = true;
+  restart();
+  const json g = seed_google("a");
+  std::vector<std::string> expected{g["access_token"].get<std::string>(),
+                                    g["refresh_token"].get<std::string>()};
+  for (int i = 0; i < 20; ++i) {
+    expected.push_back(
+        body_of(google_refresh(g["refresh_token"]))["access_token"].get<std::string>());
+  }
+  const json t = seed_tiktok("t1");
+  const json fresh = body_of(tiktok_refresh(t["refresh_token"]));
+  for (const char* k : {"access_token", "refresh_token"})
+    expected.push_back(t[k].get<std::string>());
+  for (const char* k : {"access_token", "refresh_token"})
+    expected.push_back(fresh[k].get<std::string>());
+  const json issued = body_of(get("/admin/issued"));
+  EXPECT_EQ(issued["tokens"].get<std::vector<std::string>>(), expected)
+      << "tokens a grant has forgotten are still listed, oldest first";
+  EXPECT_EQ(send("POST", "/admin/issued").status, 405);
+  admin("/admin/reset", json::object());
+  EXPECT_TRUE(body_of(get("/admin/issued"))["tokens"].empty());
+}
 // --- Meta ----------------------------------------------------------------------------------------
 
 TEST_F(SimTest, MetaExchangeIssuesANewUserTokenAndTheOldOneStaysValid) {

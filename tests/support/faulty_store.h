@@ -36,6 +36,18 @@ class FaultyStore final : public TokenStore {
   Result<std::optional<SysTime>> earliest_due(const ProviderSet& p) override {
     return inner_.earliest_due(p);
   }
+  Result<std::vector<TokenRecord>> needing_reauth(std::size_t limit) override {
+    return inner_.needing_reauth(limit);
+  }
+  Result<std::vector<TokenRecord>> unnotified_reauth(std::size_t limit) override {
+    return inner_.unnotified_reauth(limit);
+  }
+  Result<bool> mark_reauth_notified(std::string_view id, SysTime state_since) override {
+    return inner_.mark_reauth_notified(id, state_since);
+  }
+  Result<std::optional<DueRef>> earliest_due_token(const ProviderSet& p) override {
+    return inner_.earliest_due_token(p);
+  }
   Result<std::vector<DueToken>> claim_due(SysTime now, std::size_t limit, std::string_view owner,
                                           Seconds lease, const ProviderSet& p) override {
     return inner_.claim_due(now, limit, owner, lease, p);

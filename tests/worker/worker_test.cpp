@@ -270,6 +270,30 @@ TEST_F(WorkerTest, AnOpenBreakerPutsTokensOffWithoutFailingThem) {
     EXPECT_EQ(get(id).state, TokenState::kActive) << id;
 }
 
+// A reload (SIGHUP) re-applies the limits: an unchanged breaker stays open through it, and a
+// changed rate does not close it either.
+TEST_F(WorkerTest, AReloadDoesNotCloseABreakerOpenInAnOutage) {
+  ProviderLimits limits;
+  limits.breaker_failures = 3;
+  limits.breaker_cooldown = 60s;
+  build(/*max_in_flight=*/1, limits);
+  for (int i = 0; i < 8; ++i)
+    add("acct-" + std::to_string(i), std::nullopt);
+  tiktok_.set_reply([&](Operation op, const TokenRecord&, const TokenSecrets&) {
+    return Outcome::failed(op, ErrorClass::kTransient, "HTTP 503");
+  });
+  worker_->start();
+  run_until(kStart + 10s);
+  ASSERT_EQ(tiktok_.calls(Operation::kRefresh), 3) << "the breaker opened after three";
+  worker_->set_limits({{Provider::kTikTok, limits}});
+  ProviderLimits faster = limits;
+  faster.requests_per_second *= 2;
+  worker_->set_limits({{Provider::kTikTok, faster}});
+  add("added-after-the-reload", std::nullopt);  // due now: would go out through a closed breaker
+  run_until(kStart + 40s);
+  EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 3) << "still open: nothing sent in the outage";
+}
+
 TEST_F(WorkerTest, ARotatedTokenIsCommittedEvenWhenTheDatabaseIsBusyAtFirst) {
   build();
   const std::string id = add("rot", std::nullopt);

@@ -56,6 +56,8 @@ void define_flags(CLI::App& app, Flags& f) {
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   app.add_flag("--verbose", f.verbose, "one stderr line per request (no secrets)");
+  app.add_flag("--record-issued", f.sim.record_issued,
+               "remember every token issued, for GET /admin/issued (tests scan for leaks)");
 
   auto& s = f.sim;
   app.add_option("--meta-app-id", s.meta_app_id)->capture_default_str();

@@ -358,6 +358,7 @@ std::string Engine::issue(const std::shared_ptr<Grant>& grant, TokenKind kind,
     if (!inserted) continue;  // a collision of 60+ random characters does not happen; if it did
     grant->issued.push_back(&it->first);
     if (grant->issued.size() == kTokensPerGrant + 1) over_limit.push_back(grant);
+    if (options.record_issued) issued_log.push_back(it->first);
     return it->first;
   }
 }

@@ -68,6 +68,9 @@ struct SimOptions {
   // Whether a rotated TikTok refresh token gets a fresh full lifetime (true) or keeps the expiry
   // of the token it replaces (false). Unverified either way.
   bool tiktok_refresh_restarts_lifetime = true;
+  // Remember every token string ever issued, for GET /admin/issued (tests scan a daemon's files
+  // and logs for each one). Off by default: memory grows with every refresh.
+  bool record_issued = false;
 };
 
 class Simulator {

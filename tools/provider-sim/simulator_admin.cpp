@@ -18,6 +18,8 @@
 //   GET  /admin/faults      -> {"faults":[...]}          POST /admin/faults/clear -> {}
 //   GET  /admin/counters[?account=<provider>:<id>]
 //   GET  /admin/account?provider=&account_id=
+//   GET  /admin/issued      -> {"tokens":[every token string issued, oldest first]}; 409 unless
+//                           the simulator runs with --record-issued
 //   GET  /admin/clock, POST /admin/clock {"advance":seconds} -> {"now"}
 //   POST /admin/reset       clears grants, tokens, faults, counters and the clock offset
 #include <set>
@@ -503,6 +505,14 @@ Response Engine::admin_account(const Request& request) {
   return json_response(200, out);
 }
 
+Response Engine::admin_issued() const {
+  if (!options.record_issued) {
+    return json_response(409,
+                         {{"error", "not recording: start the simulator with --record-issued"}});
+  }
+  return json_response(200, {{"tokens", issued_log}});
+}
+
 Response Engine::admin_clock(const Request& request) {
   if (request.method == "POST") {
     const json body = json::parse(request.body, nullptr, false);
@@ -531,6 +541,7 @@ void Engine::reset() {
   by_endpoint = {};
   accounts.clear();
   totals = {};
+  issued_log.clear();
 }
 
 Response Engine::admin(const Request& request) {
@@ -540,10 +551,12 @@ Response Engine::admin(const Request& request) {
   if (path == "/admin/clock") {
     return get || post ? admin_clock(request) : method_not_allowed_admin("GET, POST");
   }
-  if (path == "/admin/counters" || path == "/admin/account" || path == "/admin/faults") {
+  if (path == "/admin/counters" || path == "/admin/account" || path == "/admin/faults" ||
+      path == "/admin/issued") {
     if (!get) return method_not_allowed_admin("GET");
     if (path == "/admin/counters") return admin_counters(request);
     if (path == "/admin/account") return admin_account(request);
+    if (path == "/admin/issued") return admin_issued();
     return admin_faults_list();
   }
   using PostHandler = Response (Engine::*)(const json&);

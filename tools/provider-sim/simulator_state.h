@@ -306,6 +306,9 @@ struct Engine {
   std::vector<Fault> faults;
   std::uint64_t next_fault_id = 1;
 
+  // Every token issued, oldest first, when options.record_issued (never forgotten).
+  std::vector<std::string> issued_log;
+
   std::uint64_t requests = 0;
   std::array<std::uint64_t, kEndpointCount> by_endpoint{};
   std::unordered_map<std::string, AccountCounters> accounts;
@@ -377,6 +380,7 @@ struct Engine {
   Response admin_faults_list();
   Response admin_counters(const Request& request);
   Response admin_account(const Request& request);
+  Response admin_issued() const;
   Response admin_clock(const Request& request);
   void reset();
 };
