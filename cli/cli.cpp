@@ -16,6 +16,7 @@
 
 #include "config/config.h"
 #include "core/log.h"
+#include "core/process.h"
 #include "core/secret.h"
 #include "core/time.h"
 #include "core/token.h"
@@ -298,7 +299,15 @@ struct Invocation {
   std::string config_path = kDefaultConfig;
   SystemClock clock;
 
-  Result<Config> config() { return load_config(config_path); }
+  Result<Config> config() {
+    auto c = load_config(config_path);
+    if (c && c->debug.core_dumps) {
+      if (auto st = allow_core_dumps(); !st) {
+        env.err << "tokenwarden: warning: debug.core_dumps: " << st.error().message() << "\n";
+      }
+    }
+    return c;
+  }
 
   Result<std::unique_ptr<SqliteTokenStore>> store(const Config& c, OpenMode mode) {
     return open_token_store(c.database, c.key, env.credentials_directory, mode);

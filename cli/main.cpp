@@ -8,8 +8,15 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "core/process.h"
 
 int main(int argc, char** argv) {
+  // Before anything holds a secret: no core file, no same-user ptrace or /proc/PID/mem. The
+  // config's debug.core_dumps can allow them again (Invocation::config()).
+  if (auto st = tw::disable_core_dumps(); !st) {
+    std::cerr << "tokenwarden: warning: cannot disable core dumps: " << st.error().message()
+              << "\n";
+  }
   std::vector<std::string> args(argv, argv + argc);
   const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
   tw::CliEnv env{std::cin, std::cout, std::cerr, isatty(STDIN_FILENO) == 1,

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -18,6 +19,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/parser.h>
 #include <yaml-cpp/yaml.h>
 
 #include "core/fs.h"
@@ -55,7 +58,7 @@ std::string one_line(std::string_view s) {
 }
 
 // A non-secret value for a message: quoted, one line, cut at 40 characters.
-std::string quoted(std::string_view s) {
+std::string in_quotes(std::string_view s) {
   constexpr std::size_t kMax = 40;
   std::string out = "\"" + one_line(s.substr(0, kMax));
   if (s.size() > kMax) out += "...";
@@ -272,7 +275,7 @@ class MapReader {
     } else if (*s == "false" || *s == "False" || *s == "FALSE") {
       out = false;
     } else {
-      bad(*f, "expected true or false; got " + quoted(*s));
+      bad(*f, "expected true or false; got " + in_quotes(*s));
     }
   }
 
@@ -293,7 +296,7 @@ class MapReader {
     if (!f) return;
     auto s = text(*f, Empty::kRejected);
     if (!s) return;
-    const std::string got = kind == UrlKind::kBase ? "; got " + quoted(*s) : std::string();
+    const std::string got = kind == UrlKind::kBase ? "; got " + in_quotes(*s) : std::string();
     std::string_view rest = *s;
     if (!(rest.starts_with("http://") || rest.starts_with("https://"))) {
       return bad(*f, "expected a URL starting with http:// or https://" + got);
@@ -319,7 +322,7 @@ class MapReader {
       out = std::move(*s);
       return;
     }
-    bad(*f, "expected one of " + joined(allowed) + "; got " + quoted(*s));
+    bad(*f, "expected one of " + joined(allowed) + "; got " + in_quotes(*s));
   }
 
   // A sequence of non-empty strings; null reads as empty.
@@ -349,7 +352,8 @@ class MapReader {
     std::int64_t v = 0;
     const char* end = s->data() + s->size();
     auto [ptr, ec] = std::from_chars(s->data(), end, v);
-    if (ec != std::errc() || ptr != end) return bad(*f, "expected an integer; got " + quoted(*s));
+    if (ec != std::errc() || ptr != end)
+      return bad(*f, "expected an integer; got " + in_quotes(*s));
     if (v < min || v > max) {
       return bad(*f, "must be from " + std::to_string(min) + " to " + std::to_string(max) +
                          "; got " + std::to_string(v));
@@ -366,11 +370,11 @@ class MapReader {
     const char* end = s->data() + s->size();
     auto [ptr, ec] = std::from_chars(s->data(), end, v);
     if (ec != std::errc() || ptr != end || !std::isfinite(v)) {
-      return bad(*f, "expected a number; got " + quoted(*s));
+      return bad(*f, "expected a number; got " + in_quotes(*s));
     }
     if (!(v >= min && v <= max)) {
       return bad(*f, "must be a number from " + format_number(min) + " to " + format_number(max) +
-                         "; got " + quoted(*s));
+                         "; got " + in_quotes(*s));
     }
     out = v;
   }
@@ -524,7 +528,7 @@ class MapReader {
     }
     auto d = parse_duration(*s);
     if (!d) {
-      bad(f, "expected " + expected + "; got " + quoted(*s));
+      bad(f, "expected " + expected + "; got " + in_quotes(*s));
       return std::nullopt;
     }
     if (d->count() <= 0) {
@@ -734,6 +738,11 @@ void parse_log(MapReader& r, LogConfig& c) {
   r.finish();
 }
 
+void parse_debug(MapReader& r, DebugConfig& c) {
+  r.boolean("core_dumps", c.core_dumps);
+  r.finish();
+}
+
 void parse_notify(MapReader& r, NotifyConfig& c) {
   r.string("command", c.command);
   r.period("command_timeout", c.command_timeout);
@@ -746,7 +755,7 @@ void parse_notify(MapReader& r, NotifyConfig& c) {
   r.finish();
   // Run without a shell and without our working directory: only an absolute path is unambiguous.
   if (!c.command.empty() && !c.command.starts_with('/')) {
-    r.fail("command", "must be an absolute path; got " + quoted(c.command));
+    r.fail("command", "must be an absolute path; got " + in_quotes(c.command));
   }
   // A webhook is always signed; a key without a webhook is a leftover.
   if (r.has("webhook_url") != r.has("webhook_secret")) {
@@ -769,6 +778,7 @@ void parse_sections(MapReader& r, Config& c) {
   if (auto s = r.section("status")) parse_status(*s, c.status);
   if (auto s = r.section("log")) parse_log(*s, c.log);
   if (auto s = r.section("notify")) parse_notify(*s, c.notify);
+  if (auto s = r.section("debug")) parse_debug(*s, c.debug);
   r.finish();
   fill_tiktok_defaults(c.providers.tiktok);
   if (c.scheduler.lease <= c.http.total_timeout) {
@@ -779,15 +789,47 @@ void parse_sections(MapReader& r, Config& c) {
   }
 }
 
+// Counts the documents of a YAML stream, up to a bound, remembering where the second starts.
+class DocumentCounter final : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++documents == 2) second = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+  int documents = 0;
+  YAML::Mark second;
+};
+
 // Throws YAML::Exception on a syntax error.
 void parse_document(Context& ctx, std::string_view yaml, Config& c) {
-  const std::vector<YAML::Node> docs = YAML::LoadAll(std::string(yaml));
-  if (docs.empty()) return;  // empty, or only comments: all defaults
-  if (docs.size() > 1) {
-    return ctx.fail(yaml_line(docs[1].Mark()), kTopLevel,
-                    "expected one YAML document, found " + std::to_string(docs.size()));
+  const std::string text(yaml);
+  // Not YAML::LoadAll: in yaml-cpp 0.7 (Debian 12) it loops forever, allocating, on some invalid
+  // input such as "," (yaml-cpp issue #1040, fixed upstream by PR #1319). Counting documents
+  // with a bound, then loading the only one, always ends.
+  {
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentCounter counter;
+    while (counter.documents < 2 && parser.HandleNextDocument(counter)) {
+    }
+    if (counter.documents > 1) {
+      return ctx.fail(yaml_line(counter.second), kTopLevel,
+                      "expected one YAML document, found more than one");
+    }
+    if (counter.documents == 0) return;  // empty, or only comments: all defaults
   }
-  const YAML::Node& root = docs[0];
+  const YAML::Node root = YAML::Load(text);
   if (!root.IsMap() && !root.IsNull()) {
     return ctx.fail(yaml_line(root.Mark()), kTopLevel,
                     "expected a map of sections, got " + std::string(kind_of(root)));

@@ -195,6 +195,15 @@ struct NotifyConfig {
   bool operator==(const NotifyConfig&) const = default;
 };
 
+// For developers only.
+struct DebugConfig {
+  // Let the process dump core (it is kept from doing so otherwise): a core file holds decrypted
+  // tokens and the key, so never on a production host.
+  bool core_dumps = false;
+
+  bool operator==(const DebugConfig&) const = default;
+};
+
 struct Config {
   DatabaseConfig database;
   KeyConfig key;
@@ -205,6 +214,7 @@ struct Config {
   StatusConfig status;
   LogConfig log;
   NotifyConfig notify;
+  DebugConfig debug;
 
   std::string source;  // the file it came from, for messages
 };

@@ -20,6 +20,10 @@ struct Failure {
   std::string message;                 // one line, no secret
   std::optional<Seconds> retry_after;  // from a Retry-After header or a provider's hint
   bool cancelled = false;  // the request was abandoned (shutting down): not the token's failure
+  // The request may have taken effect at the provider without our learning how: it went out and
+  // no complete, readable reply came back (a timeout, a reset, a truncated or unreadable body, a
+  // cancel). For a renewal this means the provider may have rotated the refresh token.
+  bool in_doubt = false;
 };
 
 struct Outcome {

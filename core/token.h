@@ -107,6 +107,11 @@ struct TokenRecord {
 
   bool has_access_token = false;
   bool has_refresh_token = false;
+
+  // Set (durably) just before a renewal request goes out, cleared when its result is known: still
+  // set after a crash, a lost reply or a timeout. The provider may then have rotated the refresh
+  // token and told nobody, so if the next renewal is refused the token is "in doubt", not revoked.
+  std::optional<SysTime> renewal_in_doubt_since;
 };
 
 struct TokenSecrets {

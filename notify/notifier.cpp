@@ -480,8 +480,7 @@ struct Notifier::Impl : std::enable_shared_from_this<Impl> {
     const std::string who = std::string(to_string(d->channel)) + " of " + event_name(e.state) +
                             " for " + e.token_id + " (" + std::string(to_string(e.provider)) +
                             ", workspace " + e.workspace_id + ")";
-    const bool retry =
-        result.verdict == Verdict::kRetry && d->attempts < config.max_attempts;
+    const bool retry = result.verdict == Verdict::kRetry && d->attempts < config.max_attempts;
     // journalctl -u tokenwarden TOKEN_ID=... shows the notices beside the renewals and checks.
     ScopedLogFields fields({{"TOKEN_ID", e.token_id},
                             {"PROVIDER", std::string(to_string(e.provider))},

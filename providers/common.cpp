@@ -81,6 +81,8 @@ std::optional<Failure> transport_failure(const HttpResponse& r, std::string_view
                 (r.error_message.empty() ? "" : " (" + r.error_message + ")"),
             std::nullopt};
   f.cancelled = r.error == TransportError::kCancelled;
+  // Refused connections and failed handshakes never delivered the request; anything else may have.
+  f.in_doubt = r.error != TransportError::kConnect && r.error != TransportError::kTls;
   return f;
 }
 
@@ -111,11 +113,13 @@ std::optional<Seconds> retry_after(const HttpResponse& r, SysTime now) {
 }
 
 Failure malformed(const HttpResponse& r, std::string_view endpoint, std::string_view what) {
-  return Failure{ErrorClass::kMalformed,
-                 std::string(endpoint) + ": unexpected reply (" + std::string(what) + "; HTTP " +
-                     std::to_string(r.status) + ", " + std::to_string(r.body.size()) +
-                     " bytes, sha256 " + short_sha256(r.body) + ")",
-                 std::nullopt};
+  Failure f{ErrorClass::kMalformed,
+            std::string(endpoint) + ": unexpected reply (" + std::string(what) + "; HTTP " +
+                std::to_string(r.status) + ", " + std::to_string(r.body.size()) +
+                " bytes, sha256 " + short_sha256(r.body) + ")",
+            std::nullopt};
+  f.in_doubt = true;  // a reply we cannot read may have carried a new token
+  return f;
 }
 
 Failure http_status_failure(const HttpResponse& r, std::string_view endpoint, SysTime now) {

@@ -37,14 +37,16 @@ HttpRequest post_json(const std::string& url, const nlohmann::json& body);
 // Adds "Authorization: Bearer <token>".
 void add_bearer(HttpRequest& request, const Secret& token);
 
-// A failure for a response that never arrived (timeout, reset, TLS, ...): transient.
+// A failure for a response that never arrived (timeout, reset, TLS, ...): transient; in doubt
+// unless the request never left (refused connection, failed TLS handshake).
 std::optional<Failure> transport_failure(const HttpResponse& r, std::string_view endpoint);
 
 // Retry-After as seconds from `now` (delta-seconds or an HTTP-date), if present and sane.
 std::optional<Seconds> retry_after(const HttpResponse& r, SysTime now);
 
-// A malformed reply: transient with a cap, never revoked. The message names the endpoint, the
-// status, the body's size and a short SHA-256 of it, never the body (it may hold a secret).
+// A malformed reply: transient with a cap, never revoked, in doubt. The message names the
+// endpoint, the status, the body's size and a short SHA-256 of it, never the body (it may hold a
+// secret).
 Failure malformed(const HttpResponse& r, std::string_view endpoint, std::string_view what);
 
 // 429 and 5xx (and any other status the caller has no rule for): transient, honouring Retry-After.

@@ -141,6 +141,7 @@ void Policy::clear_failures(TokenRecord& r, SysTime now) const {
 void Policy::on_refresh_success(TokenRecord& r, SysTime now) const {
   r.last_refreshed_at = now;
   r.updated_at = now;
+  r.renewal_in_doubt_since.reset();  // whatever happened before, the stored secret works
   if (r.state == TokenState::kDisabled) return unschedule(r);
   // A renewal that worked proves the grant is alive, whatever failed before (even a forced
   // renewal of a token marked needs_reauth).
@@ -180,6 +181,25 @@ void Policy::on_failure(TokenRecord& r, Operation op, const Failure& failure, Sy
   r.last_error_class = failure.error_class;
   r.last_error_operation = op;
   r.last_error_message = failure.message;
+  bool in_doubt_refusal = false;
+  if (op == Operation::kRefresh) {
+    // `r` holds the doubt from before this attempt. A refusal now may be the provider rejecting
+    // a refresh token it rotated on that earlier attempt, whose reply we never read: say so, so
+    // the operator does not blame the customer. An attempt that may have reached the provider
+    // is itself in doubt.
+    const bool dead = failure.error_class == ErrorClass::kPermanent ||
+                      failure.error_class == ErrorClass::kRevoked;
+    in_doubt_refusal = dead && r.renewal_in_doubt_since;
+    if (in_doubt_refusal) {
+      r.last_error_message = "in doubt: a renewal sent at " +
+                             format_time(*r.renewal_in_doubt_since) +
+                             " got no usable reply, so the provider may have rotated the refresh "
+                             "token then; now: " +
+                             failure.message;
+    } else if (failure.in_doubt && !r.renewal_in_doubt_since) {
+      r.renewal_in_doubt_since = now;
+    }
+  }
   r.last_error_at = now;
   if (op == Operation::kCheck) r.last_checked_at = now;
   // An operator's `disable` stands whatever a forced operation found.
@@ -188,9 +208,12 @@ void Policy::on_failure(TokenRecord& r, Operation op, const Failure& failure, Sy
   switch (failure.error_class) {
     case ErrorClass::kPermanent:
     case ErrorClass::kRevoked:
+      // A provider that reports a reused refresh token as a revocation (TikTok's API for
+      // Business) does not mean the customer revoked anything when our own lost reply explains it.
       set_state(r,
-                failure.error_class == ErrorClass::kRevoked ? TokenState::kRevoked
-                                                            : TokenState::kNeedsReauth,
+                failure.error_class == ErrorClass::kRevoked && !in_doubt_refusal
+                    ? TokenState::kRevoked
+                    : TokenState::kNeedsReauth,
                 now);
       return unschedule(r);
     case ErrorClass::kNone:

@@ -72,7 +72,10 @@ class Policy {
   void on_refresh_success(TokenRecord& r, SysTime now) const;
   // After a successful check.
   void on_check_success(TokenRecord& r, SysTime now) const;
-  // After a failed renewal or check.
+  // After a failed renewal or check. `r.renewal_in_doubt_since` is the doubt from before this
+  // attempt: a renewal refused for good while it is set says so in its message ("in doubt: ...")
+  // and goes to needs_reauth even if the provider called it a revocation; a renewal that is
+  // itself in doubt (Failure::in_doubt) sets it if unset.
   void on_failure(TokenRecord& r, Operation op, const Failure& failure, SysTime now) const;
 
  private:

@@ -91,6 +91,10 @@ Status Scheduler::record(Job& job, const Outcome& outcome, bool last) {
   return Ok();
 }
 
+Status Scheduler::begin_renewal(const Job& job) {
+  return store_.begin_renewal({job.record.id, job.record.lease_generation}, owner_, clock_.now());
+}
+
 Status Scheduler::postpone(Job& job, SysTime until) {
   TokenRecord next = job.record;
   if (job.refresh_due && next.next_refresh_due) next.next_refresh_due = until;

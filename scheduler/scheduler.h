@@ -55,6 +55,9 @@ class Scheduler {
   // stored, the job's record is unchanged, and the caller still holds the outcome: on kBusy it
   // retries while the lease is held, so a rotated secret is never dropped.
   Status record(Job& job, const Outcome& outcome, bool last);
+  // Records durably that the job's renewal is about to go out (TokenStore::begin_renewal). The
+  // job's record is left as it was: it still tells whether an earlier attempt was in doubt.
+  Status begin_renewal(const Job& job);
   // Puts the job's due operations off until `until` without counting a failure (the provider's
   // circuit is open, or the provider is not configured), and releases the lease.
   Status postpone(Job& job, SysTime until);

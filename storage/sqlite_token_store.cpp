@@ -26,7 +26,7 @@ namespace {
 
 // Forward migrations: entry i takes the schema from version i to i + 1. Never edit a shipped
 // entry; append a new one.
-constexpr std::array<const char*, 3> kMigrations{{
+constexpr std::array<const char*, 4> kMigrations{{
     // 0 -> 1: tokens, with the schedule in two indexed columns.
     R"sql(
 CREATE TABLE tokens (
@@ -84,6 +84,11 @@ ALTER TABLE tokens ADD COLUMN reauth_notified_since INTEGER;
 CREATE INDEX tokens_reauth_unnotified ON tokens (state_since)
   WHERE state IN ('needs_reauth', 'revoked');
 )sql",
+    // 3 -> 4: when a renewal went out whose result is not known yet (TokenRecord::
+    // renewal_in_doubt_since): written before the request, so it survives a crash.
+    R"sql(
+ALTER TABLE tokens ADD COLUMN renewal_in_doubt_since INTEGER;
+)sql",
 }};
 
 constexpr const char* kColumns =
@@ -92,7 +97,7 @@ constexpr const char* kColumns =
     "last_error_class, last_error_message, last_error_at, last_refreshed_at, last_checked_at, "
     "connected_at, created_at, updated_at, lease_owner, lease_until, "
     "access_token IS NOT NULL, refresh_token IS NOT NULL, last_error_operation, "
-    "lease_generation";
+    "lease_generation, renewal_in_doubt_since";
 
 constexpr std::string_view kAccessField = "access_token";
 constexpr std::string_view kRefreshField = "refresh_token";
@@ -178,6 +183,7 @@ Result<TokenRecord> read_row(SQLite::Statement& q) {
   r.has_access_token = q.getColumn(23).getInt() != 0;
   r.has_refresh_token = q.getColumn(24).getInt() != 0;
   r.lease_generation = q.getColumn(26).getInt64();
+  r.renewal_in_doubt_since = get_time(q.getColumn(27));
   if (std::string op = q.getColumn(25).getString(); !op.empty()) {
     r.last_error_operation = parse_operation(op);
     if (!r.last_error_operation) {
@@ -185,6 +191,17 @@ Result<TokenRecord> read_row(SQLite::Statement& q) {
     }
   }
   return r;
+}
+
+// Every row `q` yields.
+Result<std::vector<TokenRecord>> read_rows(SQLite::Statement& q) {
+  std::vector<TokenRecord> out;
+  while (q.executeStep()) {
+    auto r = read_row(q);
+    if (!r) return r.error();
+    out.push_back(std::move(*r));
+  }
+  return out;
 }
 
 Error storage_error(std::string_view what, const SQLite::Exception& e) {
@@ -303,6 +320,26 @@ struct SqliteTokenStore::Impl {
     return std::optional<TokenRecord>(std::move(*r));
   }
 
+  // Fails unless `owner` still holds `lease` (same generation): the fence every write of a
+  // worker's result goes through. Call inside the write transaction.
+  Status check_lease(const LeaseRef& lease, std::string_view owner) {
+    SQLite::Statement q(*db, "SELECT lease_owner, lease_generation FROM tokens WHERE id = ?1");
+    q.bind(1, lease.id);
+    if (!q.executeStep()) return Error(Errc::kNotFound, "token " + lease.id + " was removed");
+    std::string holder = q.getColumn(0).isNull() ? "" : q.getColumn(0).getString();
+    const std::int64_t generation = q.getColumn(1).getInt64();
+    if (holder != owner || generation != lease.generation) {
+      return Error(Errc::kLeaseLost, "token " + lease.id + " is no longer leased by " +
+                                         std::string(owner) + " with generation " +
+                                         std::to_string(lease.generation) +
+                                         (holder.empty() ? " (it was reconnected or released)"
+                                                         : " (now " + holder + ", generation " +
+                                                               std::to_string(generation) + ")") +
+                                         ": this result is stale and was not stored");
+    }
+    return Ok();
+  }
+
   // How write_fields() treats the secret columns.
   enum class Secrets {
     kKeep,     // leave both as stored
@@ -318,7 +355,8 @@ struct SqliteTokenStore::Impl {
         "next_refresh_due = ?5, next_check_due = ?6, state = ?7, state_since = ?8, "
         "consecutive_failures = ?9, last_error_class = ?10, last_error_message = ?11, "
         "last_error_at = ?12, last_refreshed_at = ?13, last_checked_at = ?14, connected_at = ?15, "
-        "updated_at = ?16, last_error_operation = ?19, kind = ?20, workspace_id = ?21";
+        "updated_at = ?16, last_error_operation = ?19, kind = ?20, workspace_id = ?21, "
+        "renewal_in_doubt_since = ?22";
     if (mode == Secrets::kMerge) {
       sql +=
           ", access_token = COALESCE(?17, access_token), "
@@ -348,6 +386,7 @@ struct SqliteTokenStore::Impl {
     q.bind(19, r.last_error_operation ? text_of(to_string(*r.last_error_operation)) : "");
     q.bind(20, text_of(to_string(r.kind)));
     q.bind(21, r.workspace_id);
+    bind_time(q, 22, r.renewal_in_doubt_since);
     if (mode != Secrets::kKeep) {
       bind_blob(q, 17, sealed->access);
       bind_blob(q, 18, sealed->refresh);
@@ -535,13 +574,7 @@ Result<std::vector<TokenRecord>> SqliteTokenStore::list(const ListFilter& filter
     if (filter.provider) q.bind(1, text_of(to_string(*filter.provider)));
     if (filter.state) q.bind(2, text_of(to_string(*filter.state)));
     if (filter.workspace_id) q.bind(3, *filter.workspace_id);
-    std::vector<TokenRecord> out;
-    while (q.executeStep()) {
-      auto r = read_row(q);
-      if (!r) return r.error();
-      out.push_back(std::move(*r));
-    }
-    return out;
+    return read_rows(q);
   });
 }
 
@@ -566,13 +599,7 @@ Result<std::vector<TokenRecord>> select_reauth(SQLite::Database& db, std::size_t
                           (unnotified_only ? " AND reauth_notified_since IS NOT state_since" : "") +
                           " ORDER BY state_since, id LIMIT ?1");
   q.bind(1, static_cast<std::int64_t>(limit));
-  std::vector<TokenRecord> out;
-  while (q.executeStep()) {
-    auto r = read_row(q);
-    if (!r) return r.error();
-    out.push_back(std::move(*r));
-  }
-  return out;
+  return read_rows(q);
 }
 
 }  // namespace
@@ -740,24 +767,26 @@ Status SqliteTokenStore::save(const TokenRecord& record, const TokenSecrets* new
   }
   return guarded("saving token " + record.id, [&]() -> Status {
     SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
-    SQLite::Statement q(*impl_->db,
-                        "SELECT lease_owner, lease_generation FROM tokens WHERE id = ?1");
-    q.bind(1, record.id);
-    if (!q.executeStep()) return Error(Errc::kNotFound, "token " + record.id + " was removed");
-    std::string holder = q.getColumn(0).isNull() ? "" : q.getColumn(0).getString();
-    const std::int64_t generation = q.getColumn(1).getInt64();
-    if (holder != owner || generation != record.lease_generation) {
-      return Error(Errc::kLeaseLost, "token " + record.id + " is no longer leased by " +
-                                         std::string(owner) + " with generation " +
-                                         std::to_string(record.lease_generation) +
-                                         (holder.empty() ? " (it was reconnected or released)"
-                                                         : " (now " + holder + ", generation " +
-                                                               std::to_string(generation) + ")") +
-                                         ": this result is stale and was not stored");
-    }
+    if (auto st = impl_->check_lease({record.id, record.lease_generation}, owner); !st) return st;
     impl_->write_fields(record, &sealed,
                         new_secrets != nullptr ? Impl::Secrets::kMerge : Impl::Secrets::kKeep,
                         lease == LeaseAction::kRelease);
+    tx.commit();
+    return Ok();
+  });
+}
+
+Status SqliteTokenStore::begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) {
+  return guarded("recording a renewal attempt on " + lease.id, [&]() -> Status {
+    SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
+    if (auto st = impl_->check_lease(lease, owner); !st) return st;
+    // An earlier attempt still in doubt keeps its time: that is when the doubt began.
+    SQLite::Statement q(*impl_->db,
+                        "UPDATE tokens SET renewal_in_doubt_since = "
+                        "COALESCE(renewal_in_doubt_since, ?2) WHERE id = ?1");
+    q.bind(1, lease.id);
+    q.bind(2, static_cast<int64_t>(to_unix(at)));
+    q.exec();
     tx.commit();
     return Ok();
   });

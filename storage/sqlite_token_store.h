@@ -54,6 +54,7 @@ class SqliteTokenStore final : public TokenStore {
   Result<bool> remove(std::string_view id) override;
   Result<std::vector<StateCounts>> count_by_state() override;
   Result<std::vector<TokenRecord>> needing_reauth(std::size_t limit) override;
+  Status begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) override;
   Result<std::vector<TokenRecord>> unnotified_reauth(std::size_t limit) override;
   Result<bool> mark_reauth_notified(std::string_view id, SysTime state_since) override;
   Result<TokenSecrets> read_secrets(const TokenRecord& record) override;

@@ -155,6 +155,12 @@ class TokenStore {
   // newer claim or a reconnect by `add` fences it out).
   virtual Status save(const TokenRecord& record, const TokenSecrets* new_secrets,
                       std::string_view owner, LeaseAction lease) = 0;
+  // Durably records, before a renewal request goes out, that its result is not known yet: sets
+  // renewal_in_doubt_since to `at` unless an earlier attempt is still in doubt (then it keeps that
+  // time). save() writes the field back from the record once the result is known. Fails with
+  // Errc::kLeaseLost, writing nothing, unless `owner` holds `lease`; the request must then not go
+  // out, nor on any other failure.
+  virtual Status begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) = 0;
 
   // Re-encrypts every secret sealed with an old key using the current key; returns how many
   // tokens were rewritten. Stops at the first secret that does not decrypt.

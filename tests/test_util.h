@@ -22,6 +22,7 @@ class TempDir {
     path_ = tmpl;
   }
   ~TempDir() {
+    if (path_.empty()) return;
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
   }
@@ -29,6 +30,8 @@ class TempDir {
   TempDir& operator=(const TempDir&) = delete;
 
   const std::string& path() const { return path_; }
+  // Leaves the directory in place at scope exit (to look at after a failure).
+  void keep() { path_.clear(); }
   std::string file(const std::string& name) const { return path_ + "/" + name; }
 
  private:

@@ -117,6 +117,7 @@ std::vector<std::string> keys_needing_restart(const Config& a, const Config& b) 
   differ("providers.tiktok", fixed(a.providers.tiktok) != fixed(b.providers.tiktok));
   differ("log.format", a.log.format != b.log.format);
   differ("notify", a.notify != b.notify);
+  differ("debug", a.debug != b.debug);
   return keys;
 }
 

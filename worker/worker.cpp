@@ -15,6 +15,8 @@ constexpr std::chrono::milliseconds kFirstCommitRetry{100};
 constexpr std::chrono::milliseconds kMaxCommitRetry{30'000};
 // A provider paused for longer than this has its queued tokens put off rather than held.
 constexpr Seconds kHoldHorizon{60};
+// A renewal whose attempt could not be recorded is not sent; it is tried again after this long.
+constexpr Seconds kUnrecordedRenewalDelay{10};
 
 struct Forced {
   std::vector<ForcedResult> results;
@@ -384,6 +386,24 @@ struct Worker::Impl {
     } else {
       settle_probe(lane, *job, nullptr);
       return release(job);
+    }
+    // Crash safety: a renewal goes out only once the attempt is on disk, so that whatever happens
+    // to the reply (a crash, a timeout), the next attempt knows the refresh token may have
+    // rotated.
+    if (job->op == Operation::kRefresh) {
+      if (auto st = scheduler.begin_renewal(job->job); !st) {
+        settle_probe(lane, *job, nullptr);
+        const Errc code = st.error().code();
+        if (code == Errc::kLeaseLost || code == Errc::kNotFound) return drop_lost(job);
+        log->error("renewal of {} not sent: cannot record the attempt first: {}", r.id,
+                   st.error().message());
+        report_forced(*job, ForcedResult::Status::kFailed,
+                      "not sent: cannot record the attempt: " + st.error().message());
+        if (auto p = scheduler.postpone(job->job, clock.now() + kUnrecordedRenewalDelay); !p) {
+          log->warn("cannot put off {}: {} (its lease will expire)", r.id, p.error().message());
+        }
+        return finish(job);
+      }
     }
     ++requests;
     job->busy = true;

@@ -319,8 +319,8 @@ TEST_P(ProvidersIntegration, EveryFaultIsRetriedNeverTakenForARevocation) {
   for (const Target& t : targets) {
     for (const FaultCase& c : cases) {
       // A reply delayed past the timeout after a rotating provider rotated cannot be known by any
-      // client: that in-doubt case is issue 5's. Here, delays only on providers that keep the old
-      // refresh token valid.
+      // client: ALostReplyAfterARotationLeavesTheTokenInDoubtNeverRevoked below. Here, delays only
+      // on providers that keep the old refresh token valid.
       if (t.rotates && c.fault["kind"] == "delay") continue;
       // A Meta rate limit pauses the whole provider: its own test below.
       if (t.provider == Provider::kMeta && c.fault["kind"] == "rate_limit") continue;
@@ -361,6 +361,41 @@ TEST_P(ProvidersIntegration, EveryFaultIsRetriedNeverTakenForARevocation) {
       }
     }
   }
+}
+
+// The provider rotates, then its reply arrives after our timeout: the new refresh token is lost to
+// every client. The attempt was recorded before it went out, so the next renewal's refusal is
+// reported as what it is (in doubt), never as the customer revoking access.
+TEST_P(ProvidersIntegration, ALostReplyAfterARotationLeavesTheTokenInDoubtNeverRevoked) {
+  for (const auto& [seed_spec, kind, endpoint] :
+       std::vector<std::tuple<json, TokenKind, std::string>>{
+           {{{"provider", "tiktok"}, {"api", "v2"}, {"account_id", "late-v2"}},
+            TokenKind::kRefreshToken,
+            "tiktok.token"},
+           {{{"provider", "tiktok"}, {"api", "business"}, {"account_id", "late-biz"}},
+            TokenKind::kBusinessToken,
+            "tiktok_business.refresh"}}) {
+    SCOPED_TRACE(endpoint);
+    const std::string id = seed(seed_spec, Provider::kTikTok, kind);
+    sim_.fault({{"endpoint", endpoint},
+                {"account_id", seed_spec["account_id"]},
+                {"kind", "delay"},
+                {"delay_ms", 1500},  // past the 1 s timeout
+                {"count", 1}});
+    ForcedResult lost = run(id, Operation::kRefresh);
+    EXPECT_EQ(lost.status, Status::kFailed) << lost.message;
+    TokenRecord r = get(id);
+    EXPECT_EQ(r.state, TokenState::kFailing);
+    ASSERT_TRUE(r.renewal_in_doubt_since) << "the timeout left the renewal in doubt";
+    ForcedResult refused = run(id, Operation::kRefresh);
+    EXPECT_EQ(refused.status, Status::kFailed);
+    r = get(id);
+    EXPECT_EQ(r.state, TokenState::kNeedsReauth)
+        << "the customer must reconnect, but did not revoke";
+    EXPECT_EQ(r.last_error_message.rfind("in doubt: a renewal sent at ", 0), 0u)
+        << r.last_error_message;
+  }
+  EXPECT_EQ(sim_.totals()["reused_refresh_tokens"], 2) << "one retry each with the old token";
 }
 
 TEST_P(ProvidersIntegration, AMetaRateLimitPausesTheWholeProvider) {

@@ -68,6 +68,39 @@ TEST_F(TikTokTest, V2InvalidGrantIsPermanentWhateverItsStatus) {
             ErrorClass::kConfiguration);
 }
 
+// Whether the renewal may have rotated the refresh token without our learning the new one.
+TEST_F(TikTokTest, ARenewalIsInDoubtUnlessItNeverLeftOrWasPlainlyRefused) {
+  struct Case {
+    std::optional<TransportError> error;
+    int status;
+    const char* body;
+    bool in_doubt;
+  };
+  const Case cases[] = {
+      {TransportError::kTimeout, 0, "", true},
+      {TransportError::kReset, 0, "", true},
+      {TransportError::kTooLarge, 0, "", true},
+      {TransportError::kCancelled, 0, "", true},
+      {TransportError::kConnect, 0, "", false},                                // never sent
+      {TransportError::kTls, 0, "", false},                                    // never sent
+      {std::nullopt, 200, R"({"access_token":"act.new","refresh_tok)", true},  // truncated 200
+      {std::nullopt, 200, R"({"data":{}})", true},  // a 200 we cannot use
+      {std::nullopt, 503, "<html>busy</html>", false},
+      {std::nullopt, 400, R"({"error":"invalid_grant","error_description":"x"})", false},
+  };
+  for (const Case& c : cases) {
+    if (c.error) {
+      http_.push_failure(*c.error, "injected");
+    } else {
+      http_.push_reply(c.status, c.body);
+    }
+    Outcome o = run(*client_, Operation::kRefresh, v2_, secrets());
+    ASSERT_FALSE(o.ok);
+    EXPECT_EQ(o.failure.in_doubt, c.in_doubt)
+        << (c.error ? std::string(to_string(*c.error)) : std::to_string(c.status) + " " + c.body);
+  }
+}
+
 TEST_F(TikTokTest, ARotatedRefreshTokenWithoutAnAccessTokenIsStillKept) {
   http_.push_reply(200, R"({"refresh_token":"rft.new","refresh_expires_in":31536000})");
   Outcome o = run(*client_, Operation::kRefresh, v2_, secrets());

@@ -287,5 +287,53 @@ TEST_F(PolicyTest, DisabledStaysDisabledAndSuccessRevivesADeadGrant) {
   EXPECT_TRUE(dead.next_refresh_due) << "an active renewable token is scheduled again";
 }
 
+// A renewal whose reply was lost leaves the token "in doubt": the provider may have rotated the
+// refresh token. The doubt lasts until a renewal's result is known.
+TEST_F(PolicyTest, ARenewalInDoubtIsRememberedUntilAResultIsKnown) {
+  TokenRecord r = token(Provider::kTikTok, TokenKind::kRefreshToken);
+  Failure timeout{ErrorClass::kTransient, "tiktok token endpoint: timeout", std::nullopt};
+  timeout.in_doubt = true;
+  policy_.on_failure(r, Operation::kRefresh, timeout, kNow);
+  EXPECT_EQ(r.renewal_in_doubt_since, kNow);
+  EXPECT_EQ(r.state, TokenState::kFailing);
+  // A second lost reply keeps the time the doubt began; a check changes nothing.
+  policy_.on_failure(r, Operation::kRefresh, timeout, kNow + 1min);
+  policy_.on_failure(r, Operation::kCheck, timeout, kNow + 2min);
+  EXPECT_EQ(r.renewal_in_doubt_since, kNow);
+  // A definite refusal of a later attempt does not end the earlier doubt: a 503 says nothing
+  // about what the lost reply carried.
+  policy_.on_failure(r, Operation::kRefresh,
+                     Failure{ErrorClass::kTransient, "HTTP 503", std::nullopt}, kNow + 3min);
+  EXPECT_EQ(r.renewal_in_doubt_since, kNow);
+  policy_.on_refresh_success(r, kNow + 4min);
+  EXPECT_FALSE(r.renewal_in_doubt_since) << "the stored secret works: nothing is in doubt";
+}
+
+TEST_F(PolicyTest, ARefusalAfterALostReplySaysTheTokenIsInDoubtNotRevoked) {
+  TokenRecord r = token(Provider::kTikTok, TokenKind::kRefreshToken);
+  r.renewal_in_doubt_since = kNow - 5min;
+  policy_.on_failure(
+      r, Operation::kRefresh,
+      Failure{ErrorClass::kPermanent, "invalid_grant: refresh token reused", std::nullopt}, kNow);
+  EXPECT_EQ(r.state, TokenState::kNeedsReauth);
+  EXPECT_EQ(r.last_error_message,
+            "in doubt: a renewal sent at " + format_time(kNow - 5min) +
+                " got no usable reply, so the provider may have rotated the refresh token then; "
+                "now: invalid_grant: refresh token reused");
+  EXPECT_EQ(r.renewal_in_doubt_since, kNow - 5min) << "kept: `show` and the harness see it";
+  // TikTok's API for Business answers a reused refresh token as a revocation (40105).
+  TokenRecord biz = token(Provider::kTikTok, TokenKind::kBusinessToken);
+  biz.renewal_in_doubt_since = kNow - 5min;
+  policy_.on_failure(biz, Operation::kRefresh,
+                     Failure{ErrorClass::kRevoked, "40105: access revoked", std::nullopt}, kNow);
+  EXPECT_EQ(biz.state, TokenState::kNeedsReauth) << "our lost reply, not the customer's doing";
+
+  TokenRecord clean = token(Provider::kTikTok, TokenKind::kRefreshToken);
+  policy_.on_failure(clean, Operation::kRefresh,
+                     Failure{ErrorClass::kPermanent, "invalid_grant", std::nullopt}, kNow);
+  EXPECT_EQ(clean.last_error_message, "invalid_grant") << "no doubt: the plain reason";
+  EXPECT_FALSE(clean.renewal_in_doubt_since);
+}
+
 }  // namespace
 }  // namespace tw

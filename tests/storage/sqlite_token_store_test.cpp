@@ -115,6 +115,7 @@ TEST_F(StoreTest, MigratesAVersionOneDatabaseKeepingItsTokens) {
   EXPECT_EQ((*r)->lease_owner, "old-worker");
   EXPECT_EQ((*r)->lease_generation, 0);
   EXPECT_EQ((*r)->next_check_due, from_unix(7));
+  EXPECT_FALSE((*r)->renewal_in_doubt_since) << "no renewal of an old database is in doubt";
 }
 
 TEST_F(StoreTest, RefusesADatabaseFromANewerVersion) {
@@ -445,6 +446,45 @@ TEST_F(StoreTest, AStaleGenerationIsFencedOutEvenForTheSameOwner) {
   EXPECT_NE(stale.error().message().find("stale"), std::string::npos) << stale.error().message();
   EXPECT_TRUE(store->save((*second)[0].record, nullptr, "daemon", LeaseAction::kRelease));
   (void)id;
+}
+
+// The attempt is on disk before the request goes out, fenced like any write, and it survives
+// until save() writes the record's view back.
+TEST_F(StoreTest, ARenewalAttemptIsRecordedUnderTheLeaseAndClearedBySave) {
+  auto store = open(key_);
+  ASSERT_TRUE(store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow)));
+  auto claimed = store->claim_due(kNow, 1, "daemon", 1min, kAllProviders);
+  ASSERT_EQ(claimed->size(), 1u);
+  const TokenRecord r = (*claimed)[0].record;
+  const LeaseRef lease{r.id, r.lease_generation};
+  auto wrong = store->begin_renewal(lease, "someone-else", kNow);
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.error().code(), Errc::kLeaseLost);
+  EXPECT_FALSE((*store->find(r.id))->renewal_in_doubt_since) << "a refused attempt wrote nothing";
+
+  ASSERT_TRUE(store->begin_renewal(lease, "daemon", kNow + 1s));
+  EXPECT_EQ((*store->find(r.id))->renewal_in_doubt_since, kNow + 1s);
+  // A process dies here; the token is claimed again once the lease runs out.
+  auto again = store->claim_due(kNow + 2min, 1, "daemon-2", 1min, kAllProviders);
+  ASSERT_EQ(again->size(), 1u);
+  TokenRecord next = (*again)[0].record;
+  EXPECT_EQ(next.renewal_in_doubt_since, kNow + 1s) << "the next worker sees the doubt";
+  ASSERT_TRUE(store->begin_renewal({next.id, next.lease_generation}, "daemon-2", kNow + 2min));
+  EXPECT_EQ((*store->find(r.id))->renewal_in_doubt_since, kNow + 1s)
+      << "a second attempt keeps the time the doubt began";
+  EXPECT_FALSE(store->begin_renewal(lease, "daemon", kNow + 2min).ok()) << "the old lease";
+  next.renewal_in_doubt_since.reset();  // the renewal worked
+  ASSERT_TRUE(store->save(next, nullptr, "daemon-2", LeaseAction::kRelease));
+  EXPECT_FALSE((*store->find(r.id))->renewal_in_doubt_since);
+  // A reconnect (new secrets from the customer) ends any doubt.
+  auto claimed3 = store->claim_due(kNow + 10min, 1, "daemon", 1min, kAllProviders);
+  ASSERT_EQ(claimed3->size(), 1u);
+  ASSERT_TRUE(
+      store->begin_renewal({r.id, (*claimed3)[0].record.lease_generation}, "daemon", kNow + 10min));
+  auto reconnected = store->upsert(new_token("a"), secrets("x2", "y2"), kNow + 11min,
+                                   due_at(kNow + 1h, kNow + 1h));
+  ASSERT_TRUE(reconnected);
+  EXPECT_FALSE((*store->find(r.id))->renewal_in_doubt_since);
 }
 
 TEST_F(StoreTest, ExtendedLeasesKeepOtherWorkersOut) {

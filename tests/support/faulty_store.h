@@ -16,6 +16,11 @@ class FaultyStore final : public TokenStore {
     save_code_ = code;
   }
   int saves_refused() const { return saves_refused_; }
+  // The next `n` begin_renewal() calls fail with `code`.
+  void fail_renewal_starts(int n, Errc code = Errc::kStorage) {
+    renewal_start_failures_ = n;
+    renewal_start_code_ = code;
+  }
   // read_secrets() of this token fails as if its ciphertext did not decrypt.
   void fail_reads_for(std::string id) { unreadable_ = std::move(id); }
 
@@ -35,6 +40,13 @@ class FaultyStore final : public TokenStore {
   }
   Result<std::optional<SysTime>> earliest_due(const ProviderSet& p) override {
     return inner_.earliest_due(p);
+  }
+  Status begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) override {
+    if (renewal_start_failures_ > 0) {
+      --renewal_start_failures_;
+      return Error(renewal_start_code_, "injected failure");
+    }
+    return inner_.begin_renewal(lease, owner, at);
   }
   Result<std::vector<TokenRecord>> needing_reauth(std::size_t limit) override {
     return inner_.needing_reauth(limit);
@@ -80,6 +92,8 @@ class FaultyStore final : public TokenStore {
   int save_failures_ = 0;
   Errc save_code_ = Errc::kBusy;
   int saves_refused_ = 0;
+  int renewal_start_failures_ = 0;
+  Errc renewal_start_code_ = Errc::kStorage;
   std::string unreadable_;
 };
 

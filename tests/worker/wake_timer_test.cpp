@@ -4,7 +4,6 @@
 // drives.
 #include "worker/wake_timer.h"
 
-
 #include <boost/asio/io_context.hpp>
 #include <gtest/gtest.h>
 

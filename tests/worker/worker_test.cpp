@@ -294,6 +294,56 @@ TEST_F(WorkerTest, AReloadDoesNotCloseABreakerOpenInAnOutage) {
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 3) << "still open: nothing sent in the outage";
 }
 
+// The renewal attempt is on disk before the request leaves; a lost reply leaves the token in
+// doubt, and a refusal of the next renewal then says so instead of blaming the customer.
+TEST_F(WorkerTest, ARenewalWhoseReplyIsLostLeavesTheTokenInDoubt) {
+  build();
+  const std::string id = add("rot", std::nullopt);
+  std::optional<SysTime> recorded_before_send;
+  int attempt = 0;
+  tiktok_.set_reply([&](Operation op, const TokenRecord& r, const TokenSecrets&) {
+    recorded_before_send = (*store_->find(r.id))->renewal_in_doubt_since;
+    if (op != Operation::kRefresh) return Outcome::success(op);
+    if (++attempt == 1) {
+      Outcome o = Outcome::failed(op, ErrorClass::kTransient, "tiktok token endpoint: timeout");
+      o.failure.in_doubt = true;
+      return o;
+    }
+    return Outcome::failed(op, ErrorClass::kPermanent, "invalid_grant: refresh token reused");
+  });
+  worker_->start();
+  run_until(kStart + 1s);
+  ASSERT_EQ(attempt, 1);
+  EXPECT_EQ(recorded_before_send, kStart) << "written before the request went out";
+  EXPECT_EQ(get(id).renewal_in_doubt_since, kStart);
+  EXPECT_EQ(get(id).state, TokenState::kFailing);
+  run_until(kStart + 10min);  // the retry
+  ASSERT_EQ(attempt, 2);
+  const TokenRecord r = get(id);
+  EXPECT_EQ(r.state, TokenState::kNeedsReauth);
+  EXPECT_EQ(r.last_error_message.rfind("in doubt: a renewal sent at " + format_time(kStart), 0), 0u)
+      << r.last_error_message;
+}
+
+TEST_F(WorkerTest, ARenewalWhoseAttemptCannotBeRecordedIsNotSent) {
+  build();
+  const std::string id = add("rot", std::nullopt);
+  tiktok_.set_reply(
+      [](Operation op, const TokenRecord&, const TokenSecrets&) { return renewed(op, 3); });
+  faulty_.fail_renewal_starts(1, Errc::kStorage);  // a full disk, say
+  worker_->start();
+  run_until(kStart + 5s);
+  EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 0) << "never sent without the record";
+  EXPECT_NE(log_lines_.str().find("renewal of " + id + " not sent: cannot record the attempt"),
+            std::string::npos)
+      << log_lines_.str();
+  EXPECT_EQ(get(id).consecutive_failures, 0) << "not the token's failure";
+  run_until(kStart + 1min);
+  EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 1) << "sent once the disk takes the record";
+  EXPECT_EQ(store_->read_secrets(get(id))->refresh_token.reveal(), "rft.SECRET-3");
+  EXPECT_FALSE(get(id).renewal_in_doubt_since);
+}
+
 TEST_F(WorkerTest, ARotatedTokenIsCommittedEvenWhenTheDatabaseIsBusyAtFirst) {
   build();
   const std::string id = add("rot", std::nullopt);
