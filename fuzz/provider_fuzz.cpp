@@ -89,7 +89,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   token.workspace_id = "ws";
   token.has_access_token = true;
   token.has_refresh_token = true;
-  if (in.ConsumeBool()) token.expires_at = clock.now() + std::chrono::hours(in.ConsumeIntegralInRange<int>(-48, 48));
+  if (in.ConsumeBool())
+    token.expires_at = clock.now() + std::chrono::hours(in.ConsumeIntegralInRange<int>(-48, 48));
   std::unique_ptr<tw::ProviderClient> client;
 #if TW_FUZZ_PROVIDER == 0
   tw::MetaConfig c;

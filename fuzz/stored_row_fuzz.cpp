@@ -77,7 +77,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       std::vector<std::uint8_t> b = w.genuine;
       const int flips = in.ConsumeIntegralInRange<int>(0, 3);
       for (int i = 0; i < flips && !b.empty(); ++i) {
-        b[in.ConsumeIntegralInRange<std::size_t>(0, b.size() - 1)] ^= in.ConsumeIntegral<std::uint8_t>();
+        b[in.ConsumeIntegralInRange<std::size_t>(0, b.size() - 1)] ^=
+            in.ConsumeIntegral<std::uint8_t>();
       }
       if (in.ConsumeBool()) b.resize(in.ConsumeIntegralInRange<std::size_t>(0, b.size()));
       return b;

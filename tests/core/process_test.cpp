@@ -40,7 +40,8 @@ TEST(Process, AllowingThemAgainRestoresBoth) {
               if (!disable_core_dumps() || !allow_core_dumps()) return 1;
               if (prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 1) return 2;
               rlimit after{};
-              if (getrlimit(RLIMIT_CORE, &after) != 0 || after.rlim_cur != before.rlim_max) return 3;
+              if (getrlimit(RLIMIT_CORE, &after) != 0 || after.rlim_cur != before.rlim_max)
+                return 3;
               return 0;
             }),
             0);

@@ -153,15 +153,14 @@ class Harness {
       spec["account_id"] = "acct-" + std::to_string(i);
       auto reply = admin("POST", "/admin/seed", spec);
       if (!reply) return false;
-      tw::NewToken t{provider, kind, "ws-crash", spec["account_id"].get<std::string>(), "", {},
-                     {}};
+      tw::NewToken t{provider, kind, "ws-crash", spec["account_id"].get<std::string>(), "", {}, {}};
       if ((*reply)["expires_at"].is_number()) {
         t.expires_at = tw::from_unix((*reply)["expires_at"].get<std::int64_t>());
       }
       tw::TokenSecrets secrets{tw::Secret((*reply)["access_token"].get<std::string>()),
                                tw::Secret((*reply)["refresh_token"].get<std::string>())};
-      auto added = store->upsert(t, secrets, now,
-                                 [&](tw::TokenRecord& r) { policy.schedule_new(r, now); });
+      auto added =
+          store->upsert(t, secrets, now, [&](tw::TokenRecord& r) { policy.schedule_new(r, now); });
       if (!added) {
         std::cerr << "crash harness: " << added.error().message() << "\n";
         return false;
@@ -233,8 +232,8 @@ class Harness {
     }
     int ok = 0, in_doubt = 0, lost = 0;
     for (const tw::TokenRecord& r : *rows) {
-      const std::string who = r.id + " (" + std::string(tw::to_string(r.provider)) + " " +
-                              r.account_id + ")";
+      const std::string who =
+          r.id + " (" + std::string(tw::to_string(r.provider)) + " " + r.account_id + ")";
       if (r.state == tw::TokenState::kNeedsReauth || r.state == tw::TokenState::kRevoked) {
         if (r.last_error_message.starts_with("in doubt: ")) {
           ++in_doubt;
@@ -299,8 +298,8 @@ class Harness {
                             const json& body = {}) {
     auto r = tw::testing::http(method, base_ + path, body.is_null() ? "" : body.dump());
     if (r.status != 200) {
-      std::cerr << "crash harness: " << method << " " << path << ": " << r.status << " "
-                << r.body << "\n";
+      std::cerr << "crash harness: " << method << " " << path << ": " << r.status << " " << r.body
+                << "\n";
       return std::nullopt;
     }
     return json::parse(r.body, nullptr, false);
