@@ -1,14 +1,22 @@
 // libFuzzer target: one provider client's handling of whatever comes back from the network.
 // TW_FUZZ_PROVIDER (0 Meta, 1 Google, 2 TikTok) picks the client. The input scripts, for each
 // request the client sends (a Meta Page renewal sends two), a transport failure or a reply (a
-// status, maybe a Retry-After header, and a body); the first bytes pick the token kind and the
-// operation. Properties checked beyond "no crash, leak or hang":
+// status, maybe a Retry-After header, and a body). FuzzedDataProvider takes numbers from the END
+// of the input and strings from the front, so an input reads, in file order:
+//   body1 ["\ " body2 ...] [per request, last first: retry?, status index, selector] [op, kind,
+//   expiry?]
+// where the last byte says whether the token has an expiry, the one before it the kind (index
+// into the provider's kinds), then the operation (odd: renewal), then per request a selector (0
+// mod 16: a transport failure), the status (index into kStatuses), whether a Retry-After header
+// follows. "\ " ends one body, so the next request gets the next one. The seeds in
+// fuzz/corpus/<provider>/ are laid out so (TW_FUZZ_TRACE=1 prints what each input came to).
+// Properties checked beyond "no crash, leak or hang":
 //   - every operation completes, exactly once;
 //   - a failure's message is one line and never holds a secret the client was given;
-//   - a success of a renewal comes with new secrets or keeps the old ones, never garbage: its
-//     secrets are not the (secret) request values echoed as something else.
+//   - a renewal never hands back the client secret as a token.
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -100,7 +108,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   token.provider = tw::Provider::kMeta;
   static constexpr tw::TokenKind kKinds[] = {tw::TokenKind::kPageToken, tw::TokenKind::kUserToken,
                                              tw::TokenKind::kClientCredentials};
-  client = std::move(*tw::make_meta_client(c, http, clock));
+  auto made = tw::make_meta_client(c, http, clock);
 #elif TW_FUZZ_PROVIDER == 1
   tw::GoogleConfig c;
   c.enabled = true;
@@ -108,7 +116,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   c.client_secret = secret;
   token.provider = tw::Provider::kGoogle;
   static constexpr tw::TokenKind kKinds[] = {tw::TokenKind::kRefreshToken};
-  client = std::move(*tw::make_google_client(c, http, clock));
+  auto made = tw::make_google_client(c, http, clock);
 #else
   tw::TikTokConfig c;
   c.enabled = true;
@@ -119,8 +127,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   token.provider = tw::Provider::kTikTok;
   static constexpr tw::TokenKind kKinds[] = {tw::TokenKind::kRefreshToken,
                                              tw::TokenKind::kBusinessToken};
-  client = std::move(*tw::make_tiktok_client(c, http, clock));
+  auto made = tw::make_tiktok_client(c, http, clock);
 #endif
+  if (!made) std::abort();  // the fixed config above is valid
+  client = std::move(*made);
   token.kind = in.PickValueInArray(kKinds);
   const tw::Operation op = in.ConsumeBool() ? tw::Operation::kRefresh : tw::Operation::kCheck;
   const tw::TokenSecrets secrets{tw::Secret(kAccess), tw::Secret(kRefresh)};
@@ -143,5 +153,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (m.find('\n') != std::string::npos || holds_secret(m)) std::abort();
   }
   if (holds_secret(outcome->note)) std::abort();
+  if (outcome->secrets) {
+    for (const tw::Secret* s :
+         {&outcome->secrets->access_token, &outcome->secrets->refresh_token}) {
+      if (s->reveal() == kClientSecret) std::abort();
+    }
+  }
+  if (std::getenv("TW_FUZZ_TRACE") != nullptr) {
+    std::fprintf(stderr, "%s %s: %s\n", op == tw::Operation::kRefresh ? "renewal" : "check",
+                 outcome->ok ? "ok" : "failed",
+                 outcome->ok ? outcome->note.c_str() : outcome->failure.message.c_str());
+  }
   return 0;
 }

@@ -123,8 +123,12 @@ Failure malformed(const HttpResponse& r, std::string_view endpoint, std::string_
 }
 
 Failure http_status_failure(const HttpResponse& r, std::string_view endpoint, SysTime now) {
-  return Failure{ErrorClass::kTransient,
-                 std::string(endpoint) + ": HTTP " + std::to_string(r.status), retry_after(r, now)};
+  Failure f{ErrorClass::kTransient, std::string(endpoint) + ": HTTP " + std::to_string(r.status),
+            retry_after(r, now)};
+  // A gateway that gave up on the provider (bad gateway, gateway timeout) may have passed the
+  // request on: the provider may have acted on it.
+  f.in_doubt = r.status == 502 || r.status == 504;
+  return f;
 }
 
 JsonReply json_reply(const HttpResponse& r, std::string_view endpoint, SysTime now) {

@@ -107,6 +107,9 @@ class MetaClient final : public ProviderClient {
 
   Provider provider() const override { return Provider::kMeta; }
 
+  // An exchange issues a new long-lived token; the one sent stays valid until it expires.
+  bool renewal_rotates(const TokenRecord&) const override { return false; }
+
   int requests(Operation op, const TokenRecord& token) const override {
     // A Page renewal exchanges the user token, then reads the Page token.
     return op == Operation::kRefresh && token.kind == TokenKind::kPageToken ? 2 : 1;

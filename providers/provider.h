@@ -49,6 +49,12 @@ class ProviderClient {
     (void)secrets;
     return false;
   }
+  // Whether renewing `token` can invalidate the refresh secret it is sent with (a rotation): then
+  // a renewal whose reply is lost leaves the token in doubt. Meta's old tokens stay valid.
+  virtual bool renewal_rotates(const TokenRecord& token) const {
+    (void)token;
+    return true;
+  }
   // How many requests `op` on `token` sends: its cost in the provider's rate budget.
   virtual int requests(Operation op, const TokenRecord& token) const {
     (void)op;

@@ -33,7 +33,7 @@ Result<std::vector<Job>> Scheduler::claim_due(std::size_t limit, const ProviderS
   std::vector<Job> jobs;
   jobs.reserve(due->size());
   for (DueToken& d : *due)
-    jobs.push_back(Job{std::move(d.record), d.refresh_due, d.check_due});
+    jobs.push_back(Job{std::move(d.record), d.refresh_due, d.check_due, std::nullopt});
   return jobs;
 }
 
@@ -41,12 +41,13 @@ Result<Job> Scheduler::claim(std::string_view id) {
   auto r = store_.claim(id, clock_.now(), owner_, config_.lease);
   if (!r) return r.error();
   const bool renewable = Policy::renewable(*r);
-  return Job{std::move(*r), renewable, true};
+  return Job{std::move(*r), renewable, true, std::nullopt};
 }
 
 Status Scheduler::record(Job& job, const Outcome& outcome, bool last) {
   const SysTime now = clock_.now();
   TokenRecord next = job.record;
+  const bool renewal = outcome.op == Operation::kRefresh;
   // New secrets are stored whatever the outcome; the store keeps a stored secret wherever the
   // provider sent none (Google rarely returns a refresh token; Meta has none).
   const TokenSecrets* secrets = outcome.secrets ? &*outcome.secrets : nullptr;
@@ -69,8 +70,20 @@ Status Scheduler::record(Job& job, const Outcome& outcome, bool last) {
       if (outcome.secrets) policy_.on_refresh_success(next, now);
       policy_.on_check_success(next, now);
     }
+  } else if (secrets != nullptr && renewal) {
+    // New secrets came back before a later step failed (a Meta Page after its user token): the
+    // rotation's result is stored, so nothing is in doubt, before or now.
+    next.renewal_in_doubt_since.reset();
+    Failure settled = outcome.failure;
+    settled.in_doubt = false;
+    policy_.on_failure(next, outcome.op, settled, now);
   } else {
+    const bool was_in_doubt = next.renewal_in_doubt_since.has_value();
     policy_.on_failure(next, outcome.op, outcome.failure, now);
+    // The doubt began when the request left, not when its failure came back.
+    if (!was_in_doubt && next.renewal_in_doubt_since && job.renewal_sent_at) {
+      next.renewal_in_doubt_since = job.renewal_sent_at;
+    }
   }
   if (!last && job.record.lease_until) {
     // The job keeps its lease for its next operation: keep that operation out of sight of
@@ -88,15 +101,34 @@ Status Scheduler::record(Job& job, const Outcome& outcome, bool last) {
     return st;
   }
   job.record = std::move(next);
+  if (renewal) job.renewal_sent_at.reset();  // its result is recorded now
   return Ok();
 }
 
-Status Scheduler::begin_renewal(const Job& job) {
-  return store_.begin_renewal({job.record.id, job.record.lease_generation}, owner_, clock_.now());
+namespace {
+
+// The record as a write that is not a renewal's outcome must leave it: still in doubt if a
+// renewal went out whose result was never recorded (the database holds that already).
+TokenRecord keeping_doubt(const Job& job) {
+  TokenRecord r = job.record;
+  if (!r.renewal_in_doubt_since) r.renewal_in_doubt_since = job.renewal_sent_at;
+  return r;
+}
+
+}  // namespace
+
+Status Scheduler::begin_renewal(Job& job) {
+  const SysTime now = clock_.now();
+  if (auto st = store_.begin_renewal({job.record.id, job.record.lease_generation}, owner_, now);
+      !st) {
+    return st;
+  }
+  if (!job.renewal_sent_at) job.renewal_sent_at = now;
+  return Ok();
 }
 
 Status Scheduler::postpone(Job& job, SysTime until) {
-  TokenRecord next = job.record;
+  TokenRecord next = keeping_doubt(job);
   if (job.refresh_due && next.next_refresh_due) next.next_refresh_due = until;
   if (job.check_due && next.next_check_due) next.next_check_due = until;
   next.updated_at = clock_.now();
@@ -106,7 +138,7 @@ Status Scheduler::postpone(Job& job, SysTime until) {
 }
 
 Status Scheduler::release(Job& job) {
-  return store_.save(job.record, nullptr, owner_, LeaseAction::kRelease);
+  return store_.save(keeping_doubt(job), nullptr, owner_, LeaseAction::kRelease);
 }
 
 Result<std::vector<std::string>> Scheduler::extend(const std::vector<LeaseRef>& leases) {

@@ -27,6 +27,9 @@ struct Job {
   TokenRecord record;
   bool refresh_due = false;
   bool check_due = false;
+  // When begin_renewal() recorded a renewal whose result has not been recorded yet: every write
+  // of this job keeps the token in doubt from then on (a release at shutdown too).
+  std::optional<SysTime> renewal_sent_at;
 };
 
 class Scheduler {
@@ -50,14 +53,17 @@ class Scheduler {
   Result<Job> claim(std::string_view id);
 
   // Applies `outcome` to the job's record through the policy and commits it, with any new secrets
-  // (also on a failed outcome), in one durable write. `last` releases the lease; otherwise the job
+  // (also on a failed outcome), in one durable write. A renewal's outcome settles the doubt its
+  // sending opened: new secrets end any doubt; a failure that may have taken effect keeps the
+  // token in doubt since the renewal was sent. `last` releases the lease; otherwise the job
   // keeps it for its next operation. On failure (busy, lease lost) nothing of this outcome is
   // stored, the job's record is unchanged, and the caller still holds the outcome: on kBusy it
   // retries while the lease is held, so a rotated secret is never dropped.
   Status record(Job& job, const Outcome& outcome, bool last);
-  // Records durably that the job's renewal is about to go out (TokenStore::begin_renewal). The
-  // job's record is left as it was: it still tells whether an earlier attempt was in doubt.
-  Status begin_renewal(const Job& job);
+  // Records durably that the job's renewal is about to go out (TokenStore::begin_renewal), and
+  // remembers when in job.renewal_sent_at. The job's record is left as it was: it still tells
+  // whether an earlier attempt was in doubt.
+  Status begin_renewal(Job& job);
   // Puts the job's due operations off until `until` without counting a failure (the provider's
   // circuit is open, or the provider is not configured), and releases the lease.
   Status postpone(Job& job, SysTime until);

@@ -390,7 +390,7 @@ struct Worker::Impl {
     // Crash safety: a renewal goes out only once the attempt is on disk, so that whatever happens
     // to the reply (a crash, a timeout), the next attempt knows the refresh token may have
     // rotated.
-    if (job->op == Operation::kRefresh) {
+    if (job->op == Operation::kRefresh && lane.client->renewal_rotates(r)) {
       if (auto st = scheduler.begin_renewal(job->job); !st) {
         settle_probe(lane, *job, nullptr);
         const Errc code = st.error().code();
@@ -399,6 +399,8 @@ struct Worker::Impl {
                    st.error().message());
         report_forced(*job, ForcedResult::Status::kFailed,
                       "not sent: cannot record the attempt: " + st.error().message());
+        // A forced renewal leaves the schedule as it was; a scheduled one tries again soon.
+        if (job->forced) return release(job);
         if (auto p = scheduler.postpone(job->job, clock.now() + kUnrecordedRenewalDelay); !p) {
           log->warn("cannot put off {}: {} (its lease will expire)", r.id, p.error().message());
         }
@@ -452,6 +454,10 @@ struct Worker::Impl {
     --requests;
     o.op = job->op;
     Lane& lane = lanes.at(job->job.record.provider);
+    // A lost reply cannot have taken a secret that never stops working.
+    if (o.op == Operation::kRefresh && !lane.client->renewal_rotates(job->job.record)) {
+      o.failure.in_doubt = false;
+    }
     settle_probe(lane, *job, &o);
     if (o.throttle) {
       lane.bucket.pause_until(clock.steady_now() + *o.throttle);

@@ -254,6 +254,12 @@ TEST_F(DaemonBlackBox, SpeaksToSystemdWritesItsStatusAndReloads) {
   const std::string cmdline = testing::read_file(proc + "/cmdline");
   const std::string environ_text = testing::read_file(proc + "/environ");
   EXPECT_NE(cmdline.find("run"), std::string::npos) << "read the daemon's /proc entries";
+  if (geteuid() == 0) {
+    EXPECT_NE(environ_text.find("TW_BB_"), std::string::npos) << "root reads it: scanned below";
+  } else {
+    // The daemon is not dumpable: its environment is root's to read, not its own user's.
+    EXPECT_EQ(environ_text, "") << "another process of the same user read the environment";
+  }
   const std::string limits = testing::read_file(proc + "/limits");
   EXPECT_NE(limits.find("Max core file size        0"), std::string::npos) << limits;
   EXPECT_NE(

@@ -86,6 +86,7 @@ TEST_F(TikTokTest, ARenewalIsInDoubtUnlessItNeverLeftOrWasPlainlyRefused) {
       {std::nullopt, 200, R"({"access_token":"act.new","refresh_tok)", true},  // truncated 200
       {std::nullopt, 200, R"({"data":{}})", true},  // a 200 we cannot use
       {std::nullopt, 503, "<html>busy</html>", false},
+      {std::nullopt, 504, "<html>gateway timeout</html>", true},
       {std::nullopt, 400, R"({"error":"invalid_grant","error_description":"x"})", false},
   };
   for (const Case& c : cases) {

@@ -325,6 +325,55 @@ TEST_F(WorkerTest, ARenewalWhoseReplyIsLostLeavesTheTokenInDoubt) {
       << r.last_error_message;
 }
 
+// Shutting down past the grace period cancels a renewal on the wire: given back for the next run,
+// but still in doubt, for the provider may have rotated it.
+TEST_F(WorkerTest, ARenewalCancelledAtShutdownStaysInDoubt) {
+  build();
+  const std::string id = add("rot", std::nullopt);
+  tiktok_.set_reply([](Operation op, const TokenRecord&, const TokenSecrets&) {
+    Outcome o = Outcome::failed(op, ErrorClass::kTransient, "tiktok token endpoint: cancelled");
+    o.failure.cancelled = true;
+    o.failure.in_doubt = true;
+    return o;
+  });
+  tiktok_.hold(true);
+  worker_->start();
+  settle();
+  ASSERT_EQ(tiktok_.held(), 1u);
+  bool stopped = false;
+  worker_->stop(1s, nullptr, [&] { stopped = true; });
+  tiktok_.release_held();  // the transport's cancellation arrives
+  run_until(kStart + 5s);
+  ASSERT_TRUE(stopped);
+  const TokenRecord r = get(id);
+  EXPECT_TRUE(r.lease_owner.empty()) << "given back";
+  EXPECT_EQ(r.consecutive_failures, 0) << "not the token's failure";
+  EXPECT_EQ(r.renewal_in_doubt_since, kStart) << "the request was on the wire";
+}
+
+// New secrets stored by a renewal that failed at a later step settle any doubt.
+TEST_F(WorkerTest, NewSecretsFromAFailedRenewalEndTheDoubt) {
+  build();
+  const std::string id = add("rot", std::nullopt);
+  int attempt = 0;
+  tiktok_.set_reply([&](Operation op, const TokenRecord&, const TokenSecrets&) {
+    if (op != Operation::kRefresh) return Outcome::success(op);
+    Outcome o = Outcome::failed(op, ErrorClass::kMalformed, "page step: unexpected reply");
+    o.failure.in_doubt = true;
+    if (++attempt == 2) o.secrets = TokenSecrets{Secret("act.NEW"), Secret("rft.NEW")};
+    return o;
+  });
+  worker_->start();
+  run_until(kStart + 1s);
+  ASSERT_EQ(attempt, 1);
+  EXPECT_EQ(get(id).renewal_in_doubt_since, kStart);
+  while (attempt < 2 && clock_.now() < kStart + 10min)
+    run_until(clock_.now() + 1s);  // to the retry, and no further
+  ASSERT_EQ(attempt, 2);
+  EXPECT_FALSE(get(id).renewal_in_doubt_since) << "the new refresh token is stored";
+  EXPECT_EQ(store_->read_secrets(get(id))->refresh_token.reveal(), "rft.NEW");
+}
+
 TEST_F(WorkerTest, ARenewalWhoseAttemptCannotBeRecordedIsNotSent) {
   build();
   const std::string id = add("rot", std::nullopt);

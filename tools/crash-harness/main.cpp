@@ -7,17 +7,20 @@
 //   2. seed --tokens grants there and add them to a fresh encrypted store; the config renews
 //      every token every 2 s, so requests are always in flight;
 //   3. --kills times: start `tokenwarden run` (and, every third round, a forced
-//      `tokenwarden refresh --all` beside it), wait a random 50-1500 ms, SIGKILL them;
+//      `tokenwarden refresh --all` beside it), wait a random 50-1500 ms, SIGKILL them; then look
+//      at every token that needs re-authorisation: one whose reason is "in doubt" and whose
+//      renewal_in_doubt_since falls within a round that ended in a kill is *in doubt* (a kill
+//      landed after the provider rotated and before the daemon committed the reply: no client
+//      can know the new token); the customer "reconnects" it (a fresh grant, `add`), so every
+//      round keeps exercising every token. Anything else is *lost*. A daemon log saying that
+//      renewed secrets were not stored is a loss too;
 //   4. run the daemon once more until every token has been renewed since the last kill, then
 //      stop it with SIGTERM;
 //   5. for every token compare what the store holds with what the provider considers current:
 //        ok       active, and its stored refresh token is the provider's newest;
-//        in doubt needs_reauth with an "in doubt: ..." reason: a kill landed after the provider
-//                 rotated the token and before the daemon committed the reply, which no client
-//                 can recover without a reuse grace (the daemon recorded the attempt first and
-//                 says so);
+//        in doubt as in 3, within a killed round;
 //        lost     anything else: a rotated token the daemon received and then lost, a refusal
-//                 not explained by an interrupted renewal, a concurrent refresh.
+//                 not explained by a killed renewal, a concurrent refresh.
 // It prints kills, refreshes, tokens in doubt and tokens lost, and exits 0 only when nothing was
 // lost (and, with --expect-no-doubt, nothing is in doubt either: a reuse grace lets the daemon
 // retry with the old token), 1 otherwise, 2 on bad usage.
@@ -27,8 +30,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -131,8 +136,6 @@ class Harness {
   bool seed() {
     auto store = open_store(tw::OpenMode::kCreate);
     if (!store) return false;
-    tw::Policy policy(tw::PolicyConfig::from(config_), [] { return 0.0; });
-    const tw::SysTime now = tw::SystemClock().now();
     for (int i = 0; i < flags_.tokens; ++i) {
       json spec;
       tw::Provider provider = tw::Provider::kTikTok;
@@ -150,23 +153,80 @@ class Harness {
           provider = tw::Provider::kGoogle;
           break;
       }
-      spec["account_id"] = "acct-" + std::to_string(i);
-      auto reply = admin("POST", "/admin/seed", spec);
-      if (!reply) return false;
-      tw::NewToken t{provider, kind, "ws-crash", spec["account_id"].get<std::string>(), "", {}, {}};
-      if ((*reply)["expires_at"].is_number()) {
-        t.expires_at = tw::from_unix((*reply)["expires_at"].get<std::int64_t>());
+      const std::string account = "acct-" + std::to_string(i);
+      spec["account_id"] = account;
+      grants_[account] = {spec, provider, kind};
+      if (!connect(*store, account)) return false;
+    }
+    return true;
+  }
+
+  // Seeds (or re-seeds: a reconnecting customer) the grant in the simulator and adds its tokens
+  // to the store, as `tokenwarden add` would.
+  bool connect(tw::SqliteTokenStore& store, const std::string& account) {
+    const Grant& g = grants_.at(account);
+    auto reply = admin("POST", "/admin/seed", g.spec);
+    if (!reply) return false;
+    tw::NewToken t{g.provider, g.kind, "ws-crash", account, "", {}, {}};
+    if ((*reply)["expires_at"].is_number()) {
+      t.expires_at = tw::from_unix((*reply)["expires_at"].get<std::int64_t>());
+    }
+    tw::TokenSecrets secrets{tw::Secret((*reply)["access_token"].get<std::string>()),
+                             tw::Secret((*reply)["refresh_token"].get<std::string>())};
+    tw::Policy policy(tw::PolicyConfig::from(config_), [] { return 0.0; });
+    const tw::SysTime now = tw::SystemClock().now();
+    auto added =
+        store.upsert(t, secrets, now, [&](tw::TokenRecord& r) { policy.schedule_new(r, now); });
+    if (!added) {
+      std::cerr << "crash harness: " << added.error().message() << "\n";
+      return false;
+    }
+    return true;
+  }
+
+  // Whether `t` falls within a round that ended in a kill (whole seconds, so one either side).
+  bool in_a_killed_round(tw::SysTime t) const {
+    return std::any_of(killed_rounds_.begin(), killed_rounds_.end(), [&](const auto& round) {
+      return t >= round.first - std::chrono::seconds(1) &&
+             t <= round.second + std::chrono::seconds(1);
+    });
+  }
+
+  // Sorts the tokens that need re-authorisation now: in doubt within a killed round (counted, and
+  // reconnected by the "customer"), or lost.
+  bool sort_reauth() {
+    auto store = open_store(tw::OpenMode::kExisting);
+    if (!store) return false;
+    auto rows = store->needing_reauth(1'000'000);
+    if (!rows) {
+      std::cerr << "crash harness: " << rows.error().message() << "\n";
+      return false;
+    }
+    for (const tw::TokenRecord& r : *rows) {
+      const std::string who =
+          r.id + " (" + std::string(tw::to_string(r.provider)) + " " + r.account_id + ")";
+      if (r.last_error_message.starts_with("in doubt: ") && r.renewal_in_doubt_since &&
+          in_a_killed_round(*r.renewal_in_doubt_since)) {
+        ++in_doubt_;
+        if (flags_.expect_no_doubt) std::cerr << "  in doubt: " << who << "\n";
+        if (!connect(*store, r.account_id)) return false;
+        continue;
       }
-      tw::TokenSecrets secrets{tw::Secret((*reply)["access_token"].get<std::string>()),
-                               tw::Secret((*reply)["refresh_token"].get<std::string>())};
-      auto added =
-          store->upsert(t, secrets, now, [&](tw::TokenRecord& r) { policy.schedule_new(r, now); });
-      if (!added) {
-        std::cerr << "crash harness: " << added.error().message() << "\n";
-        return false;
+      if (lost_ids_.insert(r.id).second) {
+        std::cerr << "  LOST: " << who << " is " << tw::to_string(r.state) << ": "
+                  << r.last_error_message << "\n";
       }
     }
     return true;
+  }
+
+  // A process that could not store renewed secrets says so in its log: that is a lost token.
+  void scan_log(const std::string& file) {
+    const std::string log = tw::testing::read_file(dir_.file(file));
+    for (std::size_t at = log.find("renewed secrets were issued"); at != std::string::npos;
+         at = log.find("renewed secrets were issued", at + 1)) {
+      ++dropped_secrets_;
+    }
   }
 
   // 3.
@@ -176,15 +236,24 @@ class Harness {
     const std::vector<std::string> forced = {"--config", dir_.file("tokenwarden.yaml"), "refresh",
                                              "--all"};
     for (int round = 1; round <= flags_.kills; ++round) {
-      ChildProcess daemon(flags_.tokenwarden, run, dir_.file("daemon.err"), kEnv);
-      std::optional<ChildProcess> refresh;
-      if (round % 3 == 0) {
-        refresh.emplace(flags_.tokenwarden, forced, dir_.file("forced.err"), kEnv);
+      const tw::SysTime round_start = tw::SystemClock().now();
+      {
+        ChildProcess daemon(flags_.tokenwarden, run, dir_.file("daemon.err"), kEnv);
+        std::optional<ChildProcess> refresh;
+        if (round % 3 == 0) {
+          refresh.emplace(flags_.tokenwarden, forced, dir_.file("forced.err"), kEnv);
+        }
+        // A wait, not a measurement: the kill must land at a random moment of the work.
+        std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(random_)));
+        if (daemon.terminate(SIGKILL) == 128 + SIGKILL) ++kills_;
+        if (refresh) {
+          if (refresh->terminate(SIGKILL) == 128 + SIGKILL) ++forced_kills_;
+          scan_log("forced.err");
+        }
       }
-      // A wait, not a measurement: the kill must land at a random moment of the work.
-      std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(random_)));
-      if (daemon.terminate(SIGKILL) == 128 + SIGKILL) ++kills_;
-      if (refresh && refresh->terminate(SIGKILL) == 128 + SIGKILL) ++forced_kills_;
+      killed_rounds_.emplace_back(round_start, tw::SystemClock().now());
+      scan_log("daemon.err");
+      if (!sort_reauth()) return;
       if (round % 100 == 0) std::cerr << "crash harness: " << round << " rounds\n";
     }
   }
@@ -209,6 +278,7 @@ class Harness {
       });
     }
     const int code = daemon.terminate(SIGTERM, 20s);
+    scan_log("settle.err");
     if (code != 0) {
       std::cerr << "crash harness: the final daemon exited " << code << ":\n"
                 << tw::testing::read_file(dir_.file("settle.err")) << "\n";
@@ -223,6 +293,8 @@ class Harness {
 
   // 5.
   int verify() {
+    // Tokens refused since the last round: in doubt only within a killed round.
+    if (!sort_reauth()) return 1;
     auto store = open_store(tw::OpenMode::kExisting);
     if (!store) return 1;
     auto rows = store->list({});
@@ -230,37 +302,30 @@ class Harness {
       std::cerr << "crash harness: " << rows.error().message() << "\n";
       return 1;
     }
-    int ok = 0, in_doubt = 0, lost = 0;
+    int ok = 0;
     for (const tw::TokenRecord& r : *rows) {
       const std::string who =
           r.id + " (" + std::string(tw::to_string(r.provider)) + " " + r.account_id + ")";
-      if (r.state == tw::TokenState::kNeedsReauth || r.state == tw::TokenState::kRevoked) {
-        if (r.last_error_message.starts_with("in doubt: ")) {
-          ++in_doubt;
-          if (flags_.expect_no_doubt) std::cerr << "  in doubt: " << who << "\n";
-        } else {
-          ++lost;
-          std::cerr << "  LOST: " << who << " is " << tw::to_string(r.state) << ": "
-                    << r.last_error_message << "\n";
-        }
-        continue;
-      }
+      if (lost_ids_.count(r.id) != 0) continue;  // counted already
       auto view = admin("GET", "/admin/account?provider=" + std::string(tw::to_string(r.provider)) +
                                    "&account_id=" + r.account_id);
       auto secrets = store->read_secrets(r);
       if (!view || !secrets) {
-        ++lost;
+        lost_ids_.insert(r.id);
         std::cerr << "  LOST: " << who << ": cannot read it back\n";
         continue;
       }
-      if ((*view)["refresh_token"] != secrets->refresh_token.reveal()) {
-        ++lost;
-        std::cerr << "  LOST: " << who << " holds a refresh token the provider no longer honours ("
-                  << tw::to_string(r.state) << ")\n";
+      if (r.state != tw::TokenState::kActive ||
+          (*view)["refresh_token"] != secrets->refresh_token.reveal()) {
+        lost_ids_.insert(r.id);
+        std::cerr << "  LOST: " << who << " (" << tw::to_string(r.state)
+                  << ") holds a refresh token the provider no longer honours\n";
         continue;
       }
       ++ok;
     }
+    const int lost = static_cast<int>(lost_ids_.size()) + dropped_secrets_;
+    const int in_doubt = in_doubt_;
     auto counters = admin("GET", "/admin/counters");
     const json totals = counters ? (*counters)["totals"] : json::object();
     const auto count = [&](const char* key) { return totals.value(key, std::int64_t{-1}); };
@@ -270,10 +335,12 @@ class Harness {
               << "  refreshes at the providers: " << count("refreshes")
               << "; reused refresh tokens: " << count("reused_refresh_tokens")
               << "; concurrent refreshes: " << count("concurrent_refreshes") << "\n"
-              << "  tokens ok: " << ok << "\n"
-              << "  tokens in doubt (killed after the provider rotated, before the commit): "
+              << "  tokens ok at the end: " << ok << " of " << rows->size() << "\n"
+              << "  renewals in doubt (killed after the provider rotated, before the commit; "
+                 "each customer reconnected): "
               << in_doubt << "\n"
-              << "  tokens lost: " << lost << "\n";
+              << "  tokens lost: " << lost << " (of which renewed secrets a process said it "
+              << "could not store: " << dropped_secrets_ << ")\n";
     const bool pass = lost == 0 && count("concurrent_refreshes") == 0 && settled_ &&
                       (!flags_.expect_no_doubt || in_doubt == 0) && kills_ == flags_.kills;
     std::cout << "crash harness: " << (pass ? "PASS" : "FAIL") << "\n";
@@ -319,6 +386,16 @@ class Harness {
   std::optional<ChildProcess> sim_;
   std::string base_;
   tw::Config config_;
+  struct Grant {
+    json spec;
+    tw::Provider provider = tw::Provider::kTikTok;
+    tw::TokenKind kind = tw::TokenKind::kRefreshToken;
+  };
+  std::map<std::string, Grant> grants_;                             // by account id
+  std::vector<std::pair<tw::SysTime, tw::SysTime>> killed_rounds_;  // start, kill
+  std::set<std::string> lost_ids_;
+  int in_doubt_ = 0;
+  int dropped_secrets_ = 0;
   int kills_ = 0;
   int forced_kills_ = 0;
   bool settled_ = false;
