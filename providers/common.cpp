@@ -191,6 +191,23 @@ std::string scrub(std::string_view text, std::initializer_list<const Secret*> se
   return out;
 }
 
+std::function<void(Outcome)> masking(std::function<void(Outcome)> done,
+                                     std::vector<Secret> secrets) {
+  return [done = std::move(done), secrets = std::move(secrets)](Outcome o) {
+    auto mask = [&](std::string& text) {
+      for (const Secret& s : secrets) {
+        if (s.empty()) continue;
+        for (std::size_t pos; (pos = text.find(s.reveal())) != std::string::npos;) {
+          text.replace(pos, s.size(), "***");
+        }
+      }
+    };
+    mask(o.failure.message);
+    mask(o.note);
+    done(std::move(o));
+  };
+}
+
 Result<Secret> resolve_secret(const SecretRef& ref, std::string_view key) {
   auto secret = ref.resolve();
   if (!secret) return Error(Errc::kConfig, std::string(key) + ": " + secret.error().message());

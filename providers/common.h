@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -76,6 +77,13 @@ std::string string_field(const nlohmann::json& obj, const char* key);
 // A provider's error text made safe for a log line: one line, at most 200 characters, and every
 // occurrence of the given secrets masked (a provider might echo a token back).
 std::string scrub(std::string_view text, std::initializer_list<const Secret*> secrets);
+
+// Wraps `done` so that the outcome's failure message and note never hold one of `secrets`: a
+// provider may echo a token, or our client secret, back in an error text (found by
+// fuzz/provider_fuzz.cpp). Each occurrence becomes "***". Every client wraps every operation's
+// `done` so, with the token's secrets and its client secrets.
+std::function<void(Outcome)> masking(std::function<void(Outcome)> done,
+                                     std::vector<Secret> secrets);
 
 // Resolves a client secret reference at start-up; an error names the config key (`key`).
 Result<Secret> resolve_secret(const SecretRef& ref, std::string_view key);

@@ -38,6 +38,8 @@ class GoogleClient final : public ProviderClient {
   }
 
   void refresh(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {
+    done = providers::masking(std::move(done),
+                              {secrets.access_token, secrets.refresh_token, client_secret_});
     if (token.kind != TokenKind::kRefreshToken) {
       return done(Outcome::failed(
           Operation::kRefresh, ErrorClass::kConfiguration,
@@ -59,6 +61,8 @@ class GoogleClient final : public ProviderClient {
   }
 
   void check(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {
+    done = providers::masking(std::move(done),
+                              {secrets.access_token, secrets.refresh_token, client_secret_});
     if (token.kind != TokenKind::kRefreshToken) {
       return done(Outcome::failed(
           Operation::kCheck, ErrorClass::kConfiguration,

@@ -116,6 +116,8 @@ class MetaClient final : public ProviderClient {
   }
 
   void refresh(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {
+    done = providers::masking(std::move(done),
+                              {secrets.access_token, secrets.refresh_token, app_secret_});
     const bool page = token.kind == TokenKind::kPageToken;
     if (!page && token.kind != TokenKind::kUserToken) {
       return done(Outcome::failed(
@@ -138,6 +140,8 @@ class MetaClient final : public ProviderClient {
   }
 
   void check(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {
+    done = providers::masking(std::move(done),
+                              {secrets.access_token, secrets.refresh_token, app_secret_});
     (void)token;  // debug_token judges any kind of token by itself
     if (secrets.access_token.empty()) {
       return done(Outcome::failed(Operation::kCheck, ErrorClass::kPermanent,

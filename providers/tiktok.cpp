@@ -75,6 +75,8 @@ class TikTokClient final : public ProviderClient {
   }
 
   void refresh(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {
+    done = providers::masking(std::move(done), {secrets.access_token, secrets.refresh_token,
+                                                client_secret_, business_secret_});
     if (token.kind == TokenKind::kRefreshToken) {
       return send(
           providers::post_form(config_.open_api_base_url + "/v2/oauth/token/",
@@ -99,6 +101,8 @@ class TikTokClient final : public ProviderClient {
   }
 
   void check(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {
+    done = providers::masking(std::move(done), {secrets.access_token, secrets.refresh_token,
+                                                client_secret_, business_secret_});
     if (token.kind == TokenKind::kRefreshToken) {
       HttpRequest req = providers::get(config_.open_api_base_url + "/v2/user/info/",
                                        {Param{"fields", "open_id,display_name"}});

@@ -216,6 +216,14 @@ TEST_F(TikTokTest, FailureMessagesNeverEchoASecret) {
   Outcome b = run(*client_, Operation::kRefresh, biz_, secrets());
   EXPECT_EQ(b.failure.message.find("tiktok-client-secret-value"), std::string::npos)
       << b.failure.message;
+  // Found by fuzz/provider_fuzz.cpp: the other token of the pair, echoed in a refusal of a
+  // renewal, and any of them in an error text the client passes on verbatim.
+  http_.push_reply(
+      400,
+      R"({"error":"invalid_grent","error_description":"bad act.old-access and rft.old-refresh"})");
+  Outcome c = run(*client_, Operation::kRefresh, v2_, secrets());
+  for (const char* s : {"act.old-access", "rft.old-refresh"})
+    EXPECT_EQ(c.failure.message.find(s), std::string::npos) << c.failure.message;
 }
 
 }  // namespace
