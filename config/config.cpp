@@ -24,6 +24,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "core/fs.h"
+#include "core/text.h"
 
 namespace tw {
 
@@ -35,27 +36,6 @@ namespace {
 constexpr std::string_view kSecretForms =
     "secrets must be given as {file: PATH}, {env: NAME} or {credential: NAME}";
 constexpr std::string_view kDurationHint = "a duration like 7d, 72h, 90s";
-
-// `s` with control characters escaped, so that it cannot break a message into two lines.
-std::string one_line(std::string_view s) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c < 0x20 || c == 0x7f) {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    } else {
-      out += ch;
-    }
-  }
-  return out;
-}
 
 // A non-secret value for a message: quoted, one line, cut at 40 characters.
 std::string in_quotes(std::string_view s) {

@@ -39,7 +39,7 @@ constexpr std::array<std::pair<TokenKind, std::string_view>, 6> kKinds{{
     {TokenKind::kApiKey, "api_key"},
 }};
 
-constexpr std::array<std::pair<TokenState, std::string_view>, 5> kStates{{
+constexpr std::array<std::pair<TokenState, std::string_view>, 5> kStateNames{{
     {TokenState::kActive, "active"},
     {TokenState::kFailing, "failing"},
     {TokenState::kNeedsReauth, "needs_reauth"},
@@ -76,7 +76,7 @@ std::string_view to_string(TokenKind k) {
   return name_of(kKinds, k);
 }
 std::string_view to_string(TokenState s) {
-  return name_of(kStates, s);
+  return name_of(kStateNames, s);
 }
 std::string_view to_string(ErrorClass c) {
   return name_of(kErrorClasses, c);
@@ -88,7 +88,7 @@ std::optional<TokenKind> parse_token_kind(std::string_view s) {
   return lookup(kKinds, s);
 }
 std::optional<TokenState> parse_token_state(std::string_view s) {
-  return lookup(kStates, s);
+  return lookup(kStateNames, s);
 }
 std::optional<ErrorClass> parse_error_class(std::string_view s) {
   return lookup(kErrorClasses, s);

@@ -6,6 +6,7 @@
 // Every field of a TokenRecord is safe to print.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -34,6 +35,11 @@ enum class TokenState {
   kRevoked,      // the customer revoked access: the customer must reconnect
   kDisabled,     // an operator switched it off
 };
+
+// Every state, in the order the status file and `list` report them.
+inline constexpr std::array<TokenState, 5> kTokenStates{
+    TokenState::kActive, TokenState::kFailing, TokenState::kNeedsReauth, TokenState::kRevoked,
+    TokenState::kDisabled};
 
 enum class ErrorClass {
   kNone,

@@ -1,6 +1,7 @@
 #include "http/transport.h"
 
 #include "core/secret.h"
+#include "core/text.h"
 
 namespace tw {
 
@@ -64,17 +65,6 @@ std::string form_encode(const std::vector<std::pair<std::string, std::string>>& 
   }
   return out;
 }
-
-namespace {
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-}  // namespace
 
 std::string url_decode(std::string_view s) {
   std::string out;

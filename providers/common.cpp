@@ -7,6 +7,7 @@
 #include <openssl/evp.h>
 
 #include "core/fs.h"
+#include "core/text.h"
 
 namespace tw::providers {
 
@@ -175,6 +176,12 @@ std::string string_field(const nlohmann::json& obj, const char* key) {
   return it != obj.end() && it->is_string() ? it->get<std::string>() : "";
 }
 
+bool access_token_stale(const TokenRecord& token, const TokenSecrets& secrets, SysTime now) {
+  constexpr Seconds kExpirySlack{60};
+  return secrets.access_token.empty() || !token.expires_at ||
+         *token.expires_at <= now + kExpirySlack;
+}
+
 std::string scrub(std::string_view text, std::initializer_list<const Secret*> secrets) {
   std::string out(text);
   for (const Secret* s : secrets) {
@@ -183,9 +190,7 @@ std::string scrub(std::string_view text, std::initializer_list<const Secret*> se
       out.replace(pos, s->size(), "***");
     }
   }
-  for (char& c : out) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
-  }
+  out = one_line(out);
   constexpr std::size_t kMax = 200;
   if (out.size() > kMax) out = out.substr(0, kMax - 3) + "...";
   return out;

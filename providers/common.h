@@ -42,6 +42,10 @@ void add_bearer(HttpRequest& request, const Secret& token);
 // unless the request never left (refused connection, failed TLS handshake).
 std::optional<Failure> transport_failure(const HttpResponse& r, std::string_view endpoint);
 
+// True when the stored access token is missing, has no known expiry, or expires within a minute
+// of `now`: a check would fail on it, so it is renewed first.
+bool access_token_stale(const TokenRecord& token, const TokenSecrets& secrets, SysTime now);
+
 // Retry-After as seconds from `now` (delta-seconds or an HTTP-date), if present and sane.
 std::optional<Seconds> retry_after(const HttpResponse& r, SysTime now);
 

@@ -20,8 +20,6 @@ using providers::Param;
 
 constexpr std::string_view kTokenEndpoint = "google token endpoint";
 constexpr std::string_view kAccountsEndpoint = "google accounts API";
-// An access token this close to its expiry is renewed before a check uses it.
-constexpr Seconds kExpirySlack{60};
 
 class GoogleClient final : public ProviderClient {
  public:
@@ -33,8 +31,7 @@ class GoogleClient final : public ProviderClient {
 
   bool renew_before_check(const TokenRecord& token, const TokenSecrets& secrets) const override {
     return token.kind == TokenKind::kRefreshToken &&
-           (secrets.access_token.empty() || !token.expires_at ||
-            *token.expires_at <= clock_.now() + kExpirySlack);
+           providers::access_token_stale(token, secrets, clock_.now());
   }
 
   void refresh(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {

@@ -25,7 +25,6 @@ constexpr std::string_view kV2Token = "tiktok token endpoint";
 constexpr std::string_view kV2UserInfo = "tiktok user info";
 constexpr std::string_view kBizRefresh = "tiktok business token endpoint";
 constexpr std::string_view kBizInfo = "tiktok business token_info";
-constexpr Seconds kExpirySlack{60};
 constexpr std::int64_t kBizRevoked = 40105;
 constexpr std::int64_t kBizRateLimited = 40100;  // one SDK's reading; other lists disagree [U]
 constexpr std::int64_t kBizBadApp = 40101;
@@ -70,8 +69,7 @@ class TikTokClient final : public ProviderClient {
     if (token.kind != TokenKind::kRefreshToken && token.kind != TokenKind::kBusinessToken) {
       return false;
     }
-    return secrets.access_token.empty() || !token.expires_at ||
-           *token.expires_at <= clock_.now() + kExpirySlack;
+    return providers::access_token_stale(token, secrets, clock_.now());
   }
 
   void refresh(const TokenRecord& token, const TokenSecrets& secrets, Done done) override {

@@ -15,6 +15,16 @@ Result<std::optional<SysTime>> Scheduler::next_wake() {
   return store_.earliest_due(providers_);
 }
 
+Result<std::size_t> Scheduler::pull_in_checks() {
+  std::size_t moved = 0;
+  for (Provider p : providers_) {
+    auto n = store_.pull_in_checks(p, clock_.now(), policy_.schedule_for(p).check_every);
+    if (!n) return n.error();
+    moved += *n;
+  }
+  return moved;
+}
+
 Result<std::vector<Job>> Scheduler::claim_due() {
   return claim_due(static_cast<std::size_t>(config_.batch_size));
 }

@@ -69,6 +69,11 @@ class Scheduler {
   Status postpone(Job& job, SysTime until);
   // Gives a claimed token back unchanged: its original due times, no lease.
   Status release(Job& job);
+  // The wall clock stepped back: pulls every check of this scheduler's providers that now lies
+  // more than one check period ahead into the coming period (TokenStore::pull_in_checks), so
+  // revocations are still noticed within a period. Renewals, days apart, keep their times (a
+  // step back of D delays them by D). Returns how many tokens moved.
+  Result<std::size_t> pull_in_checks();
   // Extends the leases of jobs still in hand; returns the ids whose lease was lost.
   Result<std::vector<std::string>> extend(const std::vector<LeaseRef>& leases);
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/fs.h"
+#include "core/text.h"
 
 namespace tw {
 
@@ -43,25 +44,9 @@ struct MdCtxFree {
 };
 using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// Token ids and field names come from the database; keep an error message on one line.
-std::string printable(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-  }
-  return out;
-}
-
 Error corrupt(std::string_view token_id, std::string_view field, std::string_view why) {
-  return Error(Errc::kCorrupt, "cannot decrypt " + printable(field) + " of token " +
-                                   printable(token_id) + ": " + std::string(why));
+  return Error(Errc::kCorrupt, "cannot decrypt " + one_line(field) + " of token " +
+                                   one_line(token_id) + ": " + std::string(why));
 }
 
 Error openssl_failure(std::string_view what) {
@@ -190,8 +175,8 @@ Result<Blob> Cipher::seal(const Secret& plaintext, std::string_view token_id,
   const Key& key = keys_.current();
   const std::string_view pt = plaintext.reveal();
   if (pt.size() > static_cast<std::size_t>(INT_MAX) - kTagSize) {
-    return Error(Errc::kInvalidArgument, "cannot encrypt " + printable(field) + " of token " +
-                                             printable(token_id) + ": the secret is too large");
+    return Error(Errc::kInvalidArgument, "cannot encrypt " + one_line(field) + " of token " +
+                                             one_line(token_id) + ": the secret is too large");
   }
 
   Blob out(kHeaderSize + pt.size() + kTagSize);

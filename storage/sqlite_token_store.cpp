@@ -625,6 +625,23 @@ Result<bool> SqliteTokenStore::mark_reauth_notified(std::string_view id, SysTime
   });
 }
 
+Result<std::size_t> SqliteTokenStore::pull_in_checks(Provider provider, SysTime now,
+                                                     Seconds period) {
+  if (period.count() <= 0) return Error(Errc::kInvalidArgument, "a check period must be positive");
+  return guarded("pulling in checks", [&]() -> Result<std::size_t> {
+    // due - period * ((due - now - 1) / period) lies in [now + 1, now + period] for every
+    // due > now + period (integer division of positive numbers), on the same slot mod period.
+    SQLite::Statement q(*impl_->db,
+                        "UPDATE tokens SET next_check_due = next_check_due - "
+                        "?3 * ((next_check_due - ?2 - 1) / ?3) "
+                        "WHERE provider = ?1 AND next_check_due > ?2 + ?3");
+    q.bind(1, text_of(to_string(provider)));
+    q.bind(2, static_cast<int64_t>(to_unix(now)));
+    q.bind(3, static_cast<int64_t>(period.count()));
+    return static_cast<std::size_t>(q.exec());
+  });
+}
+
 Result<std::vector<StateCounts>> SqliteTokenStore::count_by_state() {
   return guarded("counting tokens", [&]() -> Result<std::vector<StateCounts>> {
     SQLite::Statement q(*impl_->db,

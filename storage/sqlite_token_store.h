@@ -57,6 +57,7 @@ class SqliteTokenStore final : public TokenStore {
   Status begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) override;
   Result<std::vector<TokenRecord>> unnotified_reauth(std::size_t limit) override;
   Result<bool> mark_reauth_notified(std::string_view id, SysTime state_since) override;
+  Result<std::size_t> pull_in_checks(Provider provider, SysTime now, Seconds period) override;
   Result<TokenSecrets> read_secrets(const TokenRecord& record) override;
   Result<std::optional<SysTime>> earliest_due(const ProviderSet& providers) override;
   Result<std::optional<DueRef>> earliest_due_token(const ProviderSet& providers) override;

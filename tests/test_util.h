@@ -4,7 +4,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include <stdlib.h>
 
@@ -47,5 +49,34 @@ inline void write_file(const std::string& path, const std::string& content) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << content;
 }
+
+// Sets (or, given nullptr, unsets) an environment variable for one scope, then restores it.
+// Only for tests that start no thread: setenv is not thread-safe.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;  // NOLINT(concurrency-mt-unsafe)
+    if (value != nullptr) {
+      ::setenv(name, value, 1);  // NOLINT(concurrency-mt-unsafe)
+    } else {
+      ::unsetenv(name);  // NOLINT(concurrency-mt-unsafe)
+    }
+  }
+  ScopedEnv(const char* name, std::string_view value)
+      : ScopedEnv(name, std::string(value).c_str()) {}
+  ~ScopedEnv() {
+    if (old_) {
+      ::setenv(name_.c_str(), old_->c_str(), 1);  // NOLINT(concurrency-mt-unsafe)
+    } else {
+      ::unsetenv(name_.c_str());  // NOLINT(concurrency-mt-unsafe)
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
 
 }  // namespace tw::testing

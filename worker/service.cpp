@@ -4,6 +4,8 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "core/text.h"
+
 namespace tw {
 
 namespace {
@@ -11,15 +13,6 @@ namespace {
 void send(const std::string& message) {
   // A failure to notify is not the daemon's failure: systemd will notice what it misses.
   (void)sd_notify(0, message.c_str());
-}
-
-// STATUS= is one line.
-std::string one_line(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  return out;
 }
 
 }  // namespace

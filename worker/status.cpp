@@ -14,9 +14,6 @@ namespace tw {
 namespace {
 
 constexpr std::size_t kReauthListLimit = 1000;
-constexpr std::array<TokenState, 5> kStates{TokenState::kActive, TokenState::kFailing,
-                                            TokenState::kNeedsReauth, TokenState::kRevoked,
-                                            TokenState::kDisabled};
 
 std::int64_t minute_of(WallTime t) {
   return std::chrono::duration_cast<std::chrono::minutes>(t.time_since_epoch()).count();
@@ -144,11 +141,11 @@ Result<nlohmann::json> StatusReporter::snapshot() {
   if (!counts) return counts.error();
   nlohmann::json providers = nlohmann::json::object();
   nlohmann::json totals = nlohmann::json::object();
-  for (TokenState st : kStates)
+  for (TokenState st : kTokenStates)
     totals[std::string(to_string(st))] = 0;
   for (Provider p : kAllProviders) {
     nlohmann::json& row = providers[std::string(to_string(p))];
-    for (TokenState st : kStates)
+    for (TokenState st : kTokenStates)
       row[std::string(to_string(st))] = 0;
   }
   for (const StateCounts& c : *counts) {

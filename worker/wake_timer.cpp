@@ -89,6 +89,16 @@ std::optional<WallTime> ManualTimers::next_due() const {
   return best;
 }
 
+bool ManualTimers::fire_next() {
+  Timer* earliest = nullptr;
+  for (Timer* t : *live_) {
+    if (t->at() && (earliest == nullptr || *t->at() < *earliest->at())) earliest = t;
+  }
+  if (earliest == nullptr) return false;
+  earliest->fire();
+  return true;
+}
+
 int ManualTimers::fire_due(WallTime now) {
   int fired = 0;
   for (;;) {

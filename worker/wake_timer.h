@@ -73,6 +73,9 @@ class ManualTimers {
   std::optional<WallTime> next_due() const;
   // Fires every timer armed for `now` or earlier, earliest first; returns how many fired.
   int fire_due(WallTime now);
+  // Fires the earliest armed timer whatever its time, as AsioWakeTimer's steady-clock deadline
+  // does after the wall clock was set back; false when none is armed.
+  bool fire_next();
 
  private:
   class Timer;

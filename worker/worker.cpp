@@ -124,6 +124,9 @@ struct Worker::Impl {
   std::function<void()> on_stopped;
   std::function<void(const StepReport&)> on_step;
   WallTime last_tick{};
+  // The wall clock minus the steady clock at the last pump: a change is a step of the wall clock.
+  std::optional<Millis> wall_offset;
+  bool pull_in_pending = false;  // a step back was seen; its pull-in has not succeeded yet
   WorkerStats at_last_summary;
 
   WorkerStats& stats() { return worker.stats_; }
@@ -134,6 +137,7 @@ struct Worker::Impl {
   void pump() {
     last_tick = clock.system_now();
     if (stopping) return;
+    notice_wall_clock_steps();
     dispatch();
     claim_forced();
     const ProviderSet ready = running ? ready_providers() : ProviderSet{};
@@ -152,6 +156,36 @@ struct Worker::Impl {
     dispatch();
     ensure_lease_timer();
     arm_wake(ready);
+  }
+
+  // Due times are wall-clock instants. Set forward, work due by the new time is simply done now;
+  // set back by D, every due time would wait D longer, so checks are pulled into the coming
+  // period (renewals, days apart, are not). Small corrections (NTP slews, reading jitter) pass.
+  void notice_wall_clock_steps() {
+    constexpr Millis kTolerance{2000};
+    const Millis offset =
+        std::chrono::duration_cast<Millis>(clock.system_now().time_since_epoch()) -
+        std::chrono::duration_cast<Millis>(clock.steady_now().time_since_epoch());
+    if (wall_offset && offset - *wall_offset > kTolerance) {
+      log->warn("the wall clock was set forward by {}: work due by the new time is done now",
+                format_duration(offset - *wall_offset));
+    } else if (wall_offset && *wall_offset - offset > kTolerance) {
+      log->warn(
+          "the wall clock was set back by {}: checks now more than a period ahead are "
+          "pulled in; renewals keep their times",
+          format_duration(*wall_offset - offset));
+      pull_in_pending = true;
+    }
+    wall_offset = offset;
+    if (!pull_in_pending || !running) return;
+    auto moved = scheduler.pull_in_checks();
+    if (!moved) {
+      log->error("cannot pull in checks after the wall clock was set back (retried): {}",
+                 moved.error().message());
+      return;
+    }
+    pull_in_pending = false;
+    log->info("{} checks pulled into the coming period", *moved);
   }
 
   std::size_t free_capacity() const {

@@ -16,7 +16,7 @@ using testing::read_file;
 using testing::TempDir;
 using testing::write_file;
 
-struct Outcome {
+struct CliRun {
   int exit_code;
   std::string out;
   std::string err;
@@ -32,15 +32,15 @@ std::string quote(const std::string& s) {
 class Cli : public ::testing::Test {
  protected:
   void SetUp() override {
-    Outcome k = run({"keygen", "--out", key_path()});
+    CliRun k = run({"keygen", "--out", key_path()});
     ASSERT_EQ(k.exit_code, 0) << k.err;
     write_file(config_path(),
                "database:\n  path: " + db_path() + "\nkey:\n  file: " + key_path() + "\n");
   }
 
   // Runs the binary with `args` and `input` on stdin, with the test's config unless overridden.
-  Outcome run(const std::vector<std::string>& args, const std::string& input = "",
-              bool with_config = true) {
+  CliRun run(const std::vector<std::string>& args, const std::string& input = "",
+             bool with_config = true) {
     write_file(dir_.file("stdin"), input);
     std::string cmd = "env -u CREDENTIALS_DIRECTORY -u TOKENWARDEN_CONFIG " + quote(TW_BINARY);
     if (with_config) cmd += " --config " + quote(config_path());
@@ -53,8 +53,8 @@ class Cli : public ::testing::Test {
             read_file(dir_.file("err"))};
   }
 
-  Outcome add(const std::string& account, const std::string& input,
-              std::vector<std::string> extra = {}) {
+  CliRun add(const std::string& account, const std::string& input,
+             std::vector<std::string> extra = {}) {
     std::vector<std::string> args{"add",    "--provider",     "tiktok",
                                   "--kind", "business_token", "--workspace",
                                   "ws-1",   "--account",      account};
@@ -67,7 +67,7 @@ class Cli : public ::testing::Test {
   std::string config_path() const { return dir_.file("tokenwarden.yaml"); }
 
   std::size_t token_count() {
-    Outcome r = run({"list", "--json"});
+    CliRun r = run({"list", "--json"});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return nlohmann::json::parse(r.out).size();
   }
@@ -81,7 +81,7 @@ class Cli : public ::testing::Test {
 };
 
 TEST_F(Cli, HelpDescribesEveryCommandAndTheExitCodes) {
-  Outcome r = run({"--help"}, "", false);
+  CliRun r = run({"--help"}, "", false);
   EXPECT_EQ(r.exit_code, 0);
   for (const char* word : {"keygen", "add", "list", "show", "remove", "rekey", "simulate", "run",
                            "refresh", "check", "Exit codes", "78"}) {
@@ -89,18 +89,18 @@ TEST_F(Cli, HelpDescribesEveryCommandAndTheExitCodes) {
   }
   for (const char* cmd : {"keygen", "add", "list", "show", "remove", "disable", "enable", "rekey",
                           "simulate", "run", "refresh", "check"}) {
-    Outcome h = run({cmd, "--help"}, "", false);
+    CliRun h = run({cmd, "--help"}, "", false);
     EXPECT_EQ(h.exit_code, 0) << cmd << h.err;
     EXPECT_NE(h.out.find("Usage"), std::string::npos) << cmd;
   }
-  Outcome add_help = run({"add", "--help"}, "", false);
+  CliRun add_help = run({"add", "--help"}, "", false);
   EXPECT_NE(add_help.out.find("stdin"), std::string::npos);
 }
 
 TEST_F(Cli, UsageErrorsExitTwo) {
   EXPECT_EQ(run({}, "", false).exit_code, 2);
   EXPECT_EQ(run({"frobnicate"}).exit_code, 2);
-  Outcome r = run({"add", "--provider", "meta"});
+  CliRun r = run({"add", "--provider", "meta"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--kind"), std::string::npos) << r.err;
 }
@@ -111,46 +111,46 @@ TEST_F(Cli, KeygenWritesAPrivateKeyAndNeverOverwrites) {
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   EXPECT_EQ(st.st_size, 32);
   std::string before = read_file(key_path());
-  Outcome again = run({"keygen", "--out", key_path()}, "", false);
+  CliRun again = run({"keygen", "--out", key_path()}, "", false);
   EXPECT_EQ(again.exit_code, 2);
   EXPECT_NE(again.err.find("refusing to overwrite"), std::string::npos) << again.err;
   EXPECT_EQ(read_file(key_path()), before);
 }
 
 TEST_F(Cli, AddListShowReconnectRemove) {
-  Outcome added = add("biz-1", "act.SECRET-ACCESS-1\nrft.SECRET-REFRESH-1\n",
-                      {"--expires-at", "+30d", "--scopes", "user.info.basic"});
+  CliRun added = add("biz-1", "act.SECRET-ACCESS-1\nrft.SECRET-REFRESH-1\n",
+                     {"--expires-at", "+30d", "--scopes", "user.info.basic"});
   ASSERT_EQ(added.exit_code, 0) << added.err;
   EXPECT_NE(added.out.find("added tok_"), std::string::npos) << added.out;
   const std::string id = id_from(added.out);
 
-  Outcome list = run({"list"});
+  CliRun list = run({"list"});
   ASSERT_EQ(list.exit_code, 0) << list.err;
   EXPECT_NE(list.out.find(id), std::string::npos);
   EXPECT_NE(list.out.find("NEXT REFRESH"), std::string::npos);
   EXPECT_NE(list.out.find("active"), std::string::npos);
 
-  Outcome show = run({"show", id});
+  CliRun show = run({"show", id});
   ASSERT_EQ(show.exit_code, 0) << show.err;
   EXPECT_NE(show.out.find("biz-1"), std::string::npos);
   EXPECT_NE(show.out.find("user.info.basic"), std::string::npos);
   EXPECT_NE(show.out.find("access token, refresh token (encrypted)"), std::string::npos);
 
-  Outcome json = run({"show", id, "--json"});
+  CliRun json = run({"show", id, "--json"});
   auto doc = nlohmann::json::parse(json.out);
   EXPECT_EQ(doc["id"], id);
   EXPECT_EQ(doc["state"], "active");
   EXPECT_TRUE(doc["next_refresh_due"].is_string());
   EXPECT_TRUE(doc["has_refresh_token"].get<bool>());
 
-  Outcome again =
+  CliRun again =
       add("biz-1",
           R"({"access_token": "act.SECRET-ACCESS-2", "refresh_token": "rft.SECRET-REFRESH-2"})");
   ASSERT_EQ(again.exit_code, 0) << again.err;
   EXPECT_NE(again.out.find("reconnected " + id), std::string::npos) << again.out;
   EXPECT_EQ(token_count(), 1u);
 
-  for (const Outcome* r : {&added, &list, &show, &json, &again}) {
+  for (const CliRun* r : {&added, &list, &show, &json, &again}) {
     EXPECT_EQ(r->out.find("SECRET"), std::string::npos);
     EXPECT_EQ(r->err.find("SECRET"), std::string::npos);
   }
@@ -165,13 +165,13 @@ TEST_F(Cli, AddListShowReconnectRemove) {
 }
 
 TEST_F(Cli, DisableAndEnableAToken) {
-  Outcome added = add("biz-9", "act.9\nrft.9\n", {"--expires-at", "+30d"});
+  CliRun added = add("biz-9", "act.9\nrft.9\n", {"--expires-at", "+30d"});
   ASSERT_EQ(added.exit_code, 0) << added.err;
   const std::string id = id_from(added.out);
   EXPECT_NE(added.err.find("warning: provider tiktok is not enabled"), std::string::npos)
       << added.err;
 
-  Outcome off = run({"disable", id});
+  CliRun off = run({"disable", id});
   ASSERT_EQ(off.exit_code, 0) << off.err;
   EXPECT_NE(off.out.find("disabled " + id +
                          "; next refresh not scheduled, next check not "
@@ -184,7 +184,7 @@ TEST_F(Cli, DisableAndEnableAToken) {
   EXPECT_TRUE(doc["lease_owner"].is_null()) << "the command releases its lease";
   EXPECT_NE(run({"disable", id}).out.find("already disabled"), std::string::npos);
 
-  Outcome on = run({"enable", id});
+  CliRun on = run({"enable", id});
   ASSERT_EQ(on.exit_code, 0) << on.err;
   doc = nlohmann::json::parse(run({"show", id, "--json"}).out);
   EXPECT_EQ(doc["state"], "active");
@@ -246,7 +246,7 @@ TEST_F(Cli, BadInputIsOneLineExitTwoAndChangesNothing) {
       {{"list", "--state", "sleepy"}, "", "unknown state"},
   };
   for (const Case& c : cases) {
-    Outcome r = run(c.args, c.input);
+    CliRun r = run(c.args, c.input);
     EXPECT_EQ(r.exit_code, 2) << c.says << ": " << r.err;
     EXPECT_NE(r.err.find(c.says), std::string::npos) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
@@ -256,30 +256,30 @@ TEST_F(Cli, BadInputIsOneLineExitTwoAndChangesNothing) {
 }
 
 TEST_F(Cli, ConfigAndKeyProblemsAreNamed) {
-  Outcome missing = run({"--config", dir_.file("nope.yaml"), "list"}, "", false);
+  CliRun missing = run({"--config", dir_.file("nope.yaml"), "list"}, "", false);
   EXPECT_EQ(missing.exit_code, 78);
   EXPECT_NE(missing.err.find("nope.yaml"), std::string::npos) << missing.err;
 
   write_file(dir_.file("bad.yaml"), "database:\n  path: /tmp/x.db\n  busy_timout: 5s\n");
-  Outcome bad = run({"--config", dir_.file("bad.yaml"), "list"}, "", false);
+  CliRun bad = run({"--config", dir_.file("bad.yaml"), "list"}, "", false);
   EXPECT_EQ(bad.exit_code, 78);
   EXPECT_NE(bad.err.find("bad.yaml:3"), std::string::npos) << bad.err;
   EXPECT_NE(bad.err.find("busy_timout"), std::string::npos) << bad.err;
 
   // Read-only commands never create a database; a missing one is an operational failure.
-  Outcome no_db = run({"list"});
+  CliRun no_db = run({"list"});
   EXPECT_EQ(no_db.exit_code, 1) << no_db.err;
   EXPECT_NE(no_db.err.find("no database at " + db_path()), std::string::npos) << no_db.err;
   EXPECT_FALSE(std::filesystem::exists(db_path()));
   ASSERT_EQ(add("a1", "act.1\nrft.1\n").exit_code, 0);
 
   chmod(key_path().c_str(), 0644);
-  Outcome loose = run({"list"});
+  CliRun loose = run({"list"});
   EXPECT_EQ(loose.exit_code, 1);
   EXPECT_NE(loose.err.find("0644"), std::string::npos) << loose.err;
 
   std::filesystem::remove(key_path());
-  Outcome no_key = run({"show", "tok_0000000000000000"});
+  CliRun no_key = run({"show", "tok_0000000000000000"});
   EXPECT_EQ(no_key.exit_code, 1) << "a missing key file is not a missing token";
   EXPECT_NE(no_key.err.find("does not exist"), std::string::npos) << no_key.err;
 }
@@ -292,7 +292,7 @@ TEST_F(Cli, RekeyAfterRotatingTheKeyFile) {
   ASSERT_EQ(run({"keygen", "--out", key_path()}).exit_code, 0);
   write_file(config_path(), "database:\n  path: " + db_path() + "\nkey:\n  file: " + key_path() +
                                 "\n  previous_files: [" + dir_.file("old.key") + "]\n");
-  Outcome r = run({"rekey"});
+  CliRun r = run({"rekey"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("re-encrypted 2 token(s)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("can be retired"), std::string::npos) << r.out;
@@ -300,15 +300,15 @@ TEST_F(Cli, RekeyAfterRotatingTheKeyFile) {
 }
 
 TEST_F(Cli, SimulateRunsAndFindsNoPlaintext) {
-  Outcome r = run({"simulate", "--dir", dir_.file("sim"), "--days", "12"}, "", false);
+  CliRun r = run({"simulate", "--dir", dir_.file("sim"), "--days", "12"}, "", false);
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   EXPECT_NE(r.out.find("renewed"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("needs_reauth"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("Encryption: 0 of"), std::string::npos) << r.out;
-  Outcome list = run({"--config", dir_.file("sim/tokenwarden.yaml"), "list"}, "", false);
+  CliRun list = run({"--config", dir_.file("sim/tokenwarden.yaml"), "list"}, "", false);
   EXPECT_EQ(list.exit_code, 0) << list.err;
   EXPECT_NE(list.out.find("needs_reauth"), std::string::npos);
-  Outcome again = run({"simulate", "--dir", dir_.file("sim")}, "", false);
+  CliRun again = run({"simulate", "--dir", dir_.file("sim")}, "", false);
   EXPECT_EQ(again.exit_code, 2) << "refuses a directory that is not empty";
 }
 
@@ -351,22 +351,22 @@ TEST_F(Cli, StatusIsAMonitoringCheck) {
     write_file(path, s.dump());
   };
   write_status(now(), 0);
-  Outcome healthy = run({"status", "--file", path});
+  CliRun healthy = run({"status", "--file", path});
   EXPECT_EQ(healthy.exit_code, 0) << healthy.err;
   EXPECT_NE(healthy.out.find("3 active"), std::string::npos) << healthy.out;
   EXPECT_NE(healthy.out.find("OK"), std::string::npos);
 
   write_status(now(), 1);
-  Outcome attention = run({"status", "--file", path});
+  CliRun attention = run({"status", "--file", path});
   EXPECT_EQ(attention.exit_code, 1);
   EXPECT_NE(attention.out.find("tok_dead"), std::string::npos) << attention.out;
   EXPECT_NE(attention.out.find("NEEDS ATTENTION"), std::string::npos);
-  Outcome json = run({"status", "--file", path, "--json"});
+  CliRun json = run({"status", "--file", path, "--json"});
   EXPECT_EQ(json.exit_code, 1);
   EXPECT_EQ(nlohmann::json::parse(json.out)["needs_reauth_total"], 1);
 
   write_status("2020-01-01T00:00:00Z", 0);
-  Outcome stale = run({"status", "--file", path});
+  CliRun stale = run({"status", "--file", path});
   EXPECT_EQ(stale.exit_code, 1) << "a daemon that stopped ticking is not healthy";
   EXPECT_NE(stale.out.find("STALE"), std::string::npos);
 
@@ -374,7 +374,7 @@ TEST_F(Cli, StatusIsAMonitoringCheck) {
   write_file(path, "not json");
   EXPECT_EQ(run({"status", "--file", path}).exit_code, 2);
   write_file(path, R"({"written": "x", "last_tick": 7, "tokens": {"total": [1, "2"]}})");
-  Outcome mangled = run({"status", "--file", path});
+  CliRun mangled = run({"status", "--file", path});
   EXPECT_EQ(mangled.exit_code, 2) << "wrong types are an error, not a crash";
   EXPECT_NE(mangled.err.find("is not a tokenwarden status file"), std::string::npos);
   write_status(now(), 0);

@@ -20,6 +20,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <gtest/gtest.h>
 
+#include "tests/support/run_io.h"
 #include "tests/test_util.h"
 #include "tools/provider-sim/http_server.h"
 
@@ -31,18 +32,7 @@ using sim::HttpServer;
 using sim::Request;
 using sim::Response;
 
-// Runs `io` until `done()` holds; false if `limit` passes first (a guard against a hung test, not
-// a timing assertion).
-template <class Pred>
-bool run_until(boost::asio::io_context& io, Pred done, std::chrono::milliseconds limit = 20s) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    if (io.stopped()) io.restart();
-    io.run_one_until(deadline);
-  }
-  return true;
-}
+using tw::testing::run_until;
 
 class CurlTransportTest : public ::testing::Test {
  protected:

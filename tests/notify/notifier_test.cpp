@@ -32,6 +32,7 @@
 #include "core/log.h"
 #include "http/curl_transport.h"
 #include "tests/support/fake_transport.h"
+#include "tests/support/run_io.h"
 #include "tests/test_util.h"
 #include "tools/provider-sim/http_server.h"
 
@@ -42,24 +43,15 @@ using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using tw::testing::FakeTransport;
+using tw::testing::ScopedEnv;
 using tw::testing::TempDir;
 
 constexpr std::string_view kKey = "whsec-test-key-7f3a9c51";
 constexpr std::string_view kSecretUrlPath = "/hooks/T00000/B00000/s3cr3t-path-credential";
 constexpr std::string_view kEnvSecret = "hunter2-env-secret-must-not-leak";
-const SysTime kStart = from_unix(1'790'000'000);  // 2026-09-21T14:13:20Z
+const SysTime kNotifierStart = from_unix(1'790'000'000);  // 2026-09-21T14:13:20Z
 
-// Runs `io` in small steps until `done()` holds; false if `limit` passes first.
-template <class Pred>
-bool run_until(boost::asio::io_context& io, Pred done, std::chrono::milliseconds limit = 20s) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    io.restart();
-    io.run_for(5ms);
-  }
-  return true;
-}
+using tw::testing::run_until;
 
 // Runs `io` until it has no work left (every child reaped); false if `limit` passes first.
 bool run_until_idle(boost::asio::io_context& io, std::chrono::milliseconds limit = 20s) {
@@ -95,20 +87,6 @@ TEST(HmacHelper, MatchesRfc4231TestCase2) {
   EXPECT_EQ(hmac_sha256_hex("Jefe", "what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
 }
-
-// Sets an environment variable for one scope.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, std::string_view value) : name_(name) {
-    ::setenv(name, std::string(value).c_str(), 1);  // NOLINT(concurrency-mt-unsafe)
-  }
-  ~ScopedEnv() { ::unsetenv(name_.c_str()); }  // NOLINT(concurrency-mt-unsafe)
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  std::string name_;
-};
 
 std::map<std::string, std::string> headers_of(const HttpRequest& r) {
   std::map<std::string, std::string> out;
@@ -158,7 +136,7 @@ class NotifierTest : public ::testing::Test {
     e.account_id = "acct-7001";
     e.state = TokenState::kNeedsReauth;
     e.reason = "invalid_grant: Token has been expired or revoked.";
-    e.at = kStart - 60s;
+    e.at = kNotifierStart - 60s;
     return e;
   }
 
@@ -189,7 +167,7 @@ class NotifierTest : public ::testing::Test {
 
   std::ostringstream log_text;  // first: it outlives the logger
   boost::asio::io_context io;
-  FakeClock clock{kStart};
+  FakeClock clock{kNotifierStart};
   ManualTimers timers;
   FakeTransport http{io.get_executor()};
   NotifyConfig config;

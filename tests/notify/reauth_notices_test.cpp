@@ -20,7 +20,7 @@ namespace {
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 
-const SysTime kStart = from_unix(1'800'000'000);
+const SysTime kNoticeStart = from_unix(1'800'000'000);
 
 class ReauthNoticesTest : public ::testing::Test {
  protected:
@@ -87,7 +87,7 @@ class ReauthNoticesTest : public ::testing::Test {
   }
 
   std::ostringstream logs_;
-  FakeClock clock_{kStart};
+  FakeClock clock_{kNoticeStart};
   boost::asio::io_context io_;
   ManualTimers timers_;
   testing::FakeTransport http_{io_.get_executor()};

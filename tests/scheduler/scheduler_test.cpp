@@ -14,7 +14,7 @@ namespace {
 using namespace std::chrono_literals;
 using std::chrono::days;
 
-const SysTime kStart = from_unix(1'800'000'000);
+const SysTime kSchedulerStart = from_unix(1'800'000'000);
 
 std::unique_ptr<SqliteTokenStore> open_store(const std::string& path, const Key& key) {
   auto s = SqliteTokenStore::open(path, 2s, Cipher(KeyRing(key)));
@@ -49,7 +49,7 @@ class SchedulerTest : public ::testing::Test {
   }
 
   Key key_ = *Key::generate();
-  FakeClock clock_{kStart};
+  FakeClock clock_{kSchedulerStart};
   Policy policy_{PolicyConfig::from(Config{}), [] { return 0.0; }};
   std::unique_ptr<SqliteTokenStore> store_;
   Scheduler scheduler_{*store_, policy_, clock_, SchedulerConfig{}, "test-worker"};
@@ -65,7 +65,7 @@ TEST_F(SchedulerTest, ThreeDaysOfRotationsAndChecksThroughTheStore) {
   std::map<std::string, std::vector<SysTime>> checks, refreshes;
   std::map<std::string, std::string> newest_refresh_token;
   int rotation = 0;
-  const SysTime end = kStart + days(3);
+  const SysTime end = kSchedulerStart + days(3);
   while (auto jobs = step(end)) {
     ASSERT_FALSE(jobs->empty()) << "woken with nothing to claim";
     for (Job& job : *jobs) {
@@ -189,12 +189,12 @@ TEST(SchedulerConcurrency, TwoWorkersOnOneFileNeverClaimTheSameToken) {
   Key key = *Key::generate();
   auto a = open_store(dir.file("t.db"), key);
   auto b = open_store(dir.file("t.db"), key);
-  FakeClock clock(kStart);
+  FakeClock clock(kSchedulerStart);
   Policy policy(PolicyConfig::from(Config{}), [] { return 0.0; });
   for (int i = 0; i < 300; ++i) {
     NewToken t{Provider::kMeta, TokenKind::kPageToken, "ws", "p" + std::to_string(i), "", {}, {}};
-    ASSERT_TRUE(a->upsert(t, TokenSecrets{Secret("EAAB"), Secret("EAAL")}, kStart,
-                          [&](TokenRecord& r) { r.next_check_due = kStart; }));
+    ASSERT_TRUE(a->upsert(t, TokenSecrets{Secret("EAAB"), Secret("EAAL")}, kSchedulerStart,
+                          [&](TokenRecord& r) { r.next_check_due = kSchedulerStart; }));
   }
   SchedulerConfig small;
   small.batch_size = 64;

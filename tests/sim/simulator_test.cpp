@@ -21,7 +21,7 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 using Params = std::map<std::string, std::string>;
 
-constexpr std::int64_t kStart = 1767225600;  // 2026-01-01T00:00:00Z
+constexpr std::int64_t kSimStart = 1767225600;  // 2026-01-01T00:00:00Z
 constexpr std::int64_t kDay = 86400;
 const std::string kBusinessRefreshPath = "/open_api/v1.3/tt_user/oauth2/refresh_token/";
 
@@ -161,7 +161,7 @@ class SimTest : public ::testing::Test {
     return seed({{"provider", "meta"}, {"kind", "page"}, {"account_id", page}, {"user_id", user}});
   }
 
-  FakeClock clock{from_unix(kStart)};
+  FakeClock clock{from_unix(kSimStart)};
   SimOptions options;
   std::unique_ptr<Simulator> sim;
 };
@@ -209,10 +209,10 @@ TEST_F(SimTest, SeedRejectsBadFieldsAndChangesNothing) {
 }
 
 TEST_F(SimTest, ClockAdvanceMovesSimClock) {
-  EXPECT_EQ(body_of(get("/admin/clock"))["now"], kStart);
-  EXPECT_EQ(admin("/admin/clock", {{"advance", 3600}})["now"], kStart + 3600);
+  EXPECT_EQ(body_of(get("/admin/clock"))["now"], kSimStart);
+  EXPECT_EQ(admin("/admin/clock", {{"advance", 3600}})["now"], kSimStart + 3600);
   clock.advance(10s);
-  EXPECT_EQ(body_of(get("/admin/clock"))["now"], kStart + 3610);
+  EXPECT_EQ(body_of(get("/admin/clock"))["now"], kSimStart + 3610);
   admin("/admin/clock", {{"advance", -1}}, 400);
 }
 
@@ -222,7 +222,7 @@ TEST_F(SimTest, ResetClearsGrantsFaultsCountersAndClock) {
   admin("/admin/clock", {{"advance", 100}});
   admin("/admin/reset", json::object());
   EXPECT_EQ(google_refresh(g["refresh_token"]).status, 400);  // unknown now, and no fault
-  EXPECT_EQ(body_of(get("/admin/clock"))["now"], kStart);
+  EXPECT_EQ(body_of(get("/admin/clock"))["now"], kSimStart);
   EXPECT_EQ(body_of(get("/admin/counters"))["totals"]["refreshes"], 1);  // only the one above
 }
 
@@ -239,8 +239,8 @@ TEST_F(SimTest, AccountViewShowsNewestTokens) {
   const json view = account("tiktok", "t1");
   EXPECT_EQ(view["access_token"], fresh["access_token"]);
   EXPECT_EQ(view["refresh_token"], fresh["refresh_token"]);
-  EXPECT_EQ(view["expires_at"], kStart + kDay);
-  EXPECT_EQ(view["refresh_expires_at"], kStart + 365 * kDay);
+  EXPECT_EQ(view["expires_at"], kSimStart + kDay);
+  EXPECT_EQ(view["refresh_expires_at"], kSimStart + 365 * kDay);
   EXPECT_EQ(view["revoked"], false);
   admin("/admin/revoke", {{"provider", "tiktok"}, {"account_id", "t1"}});
   EXPECT_EQ(account("tiktok", "t1")["revoked"], true);
@@ -333,7 +333,7 @@ TEST_F(SimTest, GoogleTokenInfoReturnsStringFields) {
   for (const char* f : {"azp", "aud", "sub", "scope", "exp", "expires_in", "access_type"}) {
     EXPECT_TRUE(b[f].is_string()) << f;
   }
-  EXPECT_EQ(b["exp"], std::to_string(kStart + 3599));
+  EXPECT_EQ(b["exp"], std::to_string(kSimStart + 3599));
   EXPECT_EQ(b["access_type"], "offline");
 }
 
@@ -548,8 +548,8 @@ TEST_F(SimTest, MetaDebugTokenDescribesAPageToken) {
   EXPECT_EQ(d["application"], options.meta_app_name);
   EXPECT_EQ(d["expires_at"], 0);
   EXPECT_EQ(d["is_valid"], true);
-  EXPECT_EQ(d["issued_at"], kStart);
-  EXPECT_EQ(d["data_access_expires_at"], kStart + 90 * kDay);
+  EXPECT_EQ(d["issued_at"], kSimStart);
+  EXPECT_EQ(d["data_access_expires_at"], kSimStart + 90 * kDay);
   EXPECT_EQ(d["user_id"], "U1");
   EXPECT_TRUE(d["scopes"].is_array());
 }
@@ -568,7 +568,7 @@ TEST_F(SimTest, MetaDataAccessEnds90DaysAfterLastActivity) {
   admin("/admin/clock", {{"advance", 50 * kDay}});
   const std::string user = body_of(meta_exchange(p["refresh_token"]))["access_token"];
   EXPECT_EQ(body_of(meta_debug(p["access_token"]))["data"]["data_access_expires_at"],
-            kStart + 140 * kDay);
+            kSimStart + 140 * kDay);
   admin("/admin/clock", {{"advance", 90 * kDay}});
   const json d = body_of(meta_debug(p["access_token"]))["data"];
   EXPECT_EQ(d["is_valid"], false);
@@ -619,7 +619,7 @@ TEST_F(SimTest, InstagramRefreshAfter24HoursGives60Days) {
   const Response r = instagram_refresh(ig["access_token"]);
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(body_of(r)["expires_in"], 5183944);
-  EXPECT_EQ(account("meta", "IG1")["expires_at"], kStart + kDay + 5183944);
+  EXPECT_EQ(account("meta", "IG1")["expires_at"], kSimStart + kDay + 5183944);
   EXPECT_EQ(counters("meta:IG1")["refreshes"], 1);
 }
 
@@ -678,8 +678,8 @@ TEST_F(SimTest, TikTokReuseWithinGraceReturnsTheSameNewPair) {
 
 TEST_F(SimTest, TikTokTwoHourProfile) {
   const json t = seed_tiktok("t1", {{"profile", "2h180d"}});
-  EXPECT_EQ(t["expires_at"], kStart + 7200);
-  EXPECT_EQ(t["refresh_expires_at"], kStart + 180 * kDay);
+  EXPECT_EQ(t["expires_at"], kSimStart + 7200);
+  EXPECT_EQ(t["refresh_expires_at"], kSimStart + 180 * kDay);
   EXPECT_EQ(body_of(tiktok_refresh(t["refresh_token"]))["expires_in"], 7200);
 }
 
@@ -744,7 +744,7 @@ TEST_F(SimTest, TikTokRevokeKillsTheGrant) {
 
 TEST_F(SimTest, BusinessRefreshDefaultsTo30DaysAndRotates) {
   const json b = seed_business("b1");
-  EXPECT_EQ(b["expires_at"], kStart + 30 * kDay);
+  EXPECT_EQ(b["expires_at"], kSimStart + 30 * kDay);
   const Response r = business_refresh(b["refresh_token"]);
   ASSERT_EQ(r.status, 200);
   const json env = body_of(r);

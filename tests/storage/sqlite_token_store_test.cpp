@@ -1,6 +1,7 @@
 #include "storage/sqlite_token_store.h"
 
 #include <algorithm>
+#include <map>
 
 #include <SQLiteCpp/Database.h>
 #include <SQLiteCpp/Statement.h>
@@ -15,7 +16,7 @@ namespace {
 using namespace std::chrono_literals;
 using testing::TempDir;
 
-const SysTime kNow = from_unix(1'800'000'000);
+const SysTime kStoreNow = from_unix(1'800'000'000);
 
 Key make_key() {
   return *Key::generate();
@@ -29,7 +30,7 @@ NewToken new_token(std::string account, Provider p = Provider::kTikTok,
   t.workspace_id = "ws-1";
   t.account_id = std::move(account);
   t.scopes = "user.info.basic";
-  t.expires_at = kNow + 30 * 24h;
+  t.expires_at = kStoreNow + 30 * 24h;
   return t;
 }
 
@@ -68,7 +69,8 @@ TEST_F(StoreTest, CreatesAPrivateWalDatabaseAtTheLatestSchema) {
   auto store = open(key_);
   ASSERT_TRUE(store);
   EXPECT_EQ(*store->schema_version(), SqliteTokenStore::latest_schema_version());
-  ASSERT_TRUE(store->upsert(new_token("a"), secrets("act.1", "rft.1"), kNow, due_at(kNow, kNow)));
+  ASSERT_TRUE(store->upsert(new_token("a"), secrets("act.1", "rft.1"), kStoreNow,
+                            due_at(kStoreNow, kStoreNow)));
   struct stat st {};
   ASSERT_EQ(stat(db_path().c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
@@ -85,7 +87,8 @@ TEST_F(StoreTest, MigratesAnEmptyFileAndReopensWithoutChange) {
     auto store = open(key_);
     ASSERT_TRUE(store);
     EXPECT_EQ(*store->schema_version(), SqliteTokenStore::latest_schema_version());
-    ASSERT_TRUE(store->upsert(new_token("a"), secrets("act.1", "rft.1"), kNow, due_at(kNow, kNow)));
+    ASSERT_TRUE(store->upsert(new_token("a"), secrets("act.1", "rft.1"), kStoreNow,
+                              due_at(kStoreNow, kStoreNow)));
   }
   auto again = open(key_);
   ASSERT_TRUE(again);
@@ -162,8 +165,8 @@ TEST_F(StoreTest, NamesAMissingDirectory) {
 
 TEST_F(StoreTest, AddReadAndReconnect) {
   auto store = open(key_);
-  auto added = store->upsert(new_token("acct-1"), secrets("act.first", "rft.first"), kNow,
-                             due_at(kNow + 1h, kNow + 2h));
+  auto added = store->upsert(new_token("acct-1"), secrets("act.first", "rft.first"), kStoreNow,
+                             due_at(kStoreNow + 1h, kStoreNow + 2h));
   ASSERT_TRUE(added) << added.error().message();
   EXPECT_TRUE(added->created);
   const std::string id = added->record.id;
@@ -177,9 +180,9 @@ TEST_F(StoreTest, AddReadAndReconnect) {
   EXPECT_EQ(r.kind, TokenKind::kBusinessToken);
   EXPECT_EQ(r.account_id, "acct-1");
   EXPECT_EQ(r.state, TokenState::kActive);
-  EXPECT_EQ(r.expires_at, kNow + 30 * 24h);
-  EXPECT_EQ(r.next_refresh_due, kNow + 1h);
-  EXPECT_EQ(r.next_check_due, kNow + 2h);
+  EXPECT_EQ(r.expires_at, kStoreNow + 30 * 24h);
+  EXPECT_EQ(r.next_refresh_due, kStoreNow + 1h);
+  EXPECT_EQ(r.next_check_due, kStoreNow + 2h);
   EXPECT_TRUE(r.has_access_token);
   EXPECT_TRUE(r.has_refresh_token);
   auto s = store->read_secrets(r);
@@ -188,7 +191,7 @@ TEST_F(StoreTest, AddReadAndReconnect) {
   EXPECT_EQ(s->refresh_token.reveal(), "rft.first");
 
   // The customer's grant dies, then they reconnect: same row, new secrets, clean state.
-  auto claimed = store->claim(id, kNow, "worker-a", 5min);
+  auto claimed = store->claim(id, kStoreNow, "worker-a", 5min);
   ASSERT_TRUE(claimed);
   EXPECT_EQ(claimed->lease_generation, r.lease_generation + 1);
   TokenRecord dead = *claimed;
@@ -201,8 +204,8 @@ TEST_F(StoreTest, AddReadAndReconnect) {
   ASSERT_TRUE(store->save(dead, nullptr, "worker-a", LeaseAction::kKeep));
   EXPECT_EQ((*store->find(id))->state, TokenState::kNeedsReauth);
 
-  auto again = store->upsert(new_token("acct-1"), secrets("act.second", ""), kNow + 1h,
-                             due_at(kNow + 3h, kNow + 4h));
+  auto again = store->upsert(new_token("acct-1"), secrets("act.second", ""), kStoreNow + 1h,
+                             due_at(kStoreNow + 3h, kStoreNow + 4h));
   ASSERT_TRUE(again);
   EXPECT_FALSE(again->created);
   EXPECT_EQ(again->record.id, id);
@@ -210,9 +213,9 @@ TEST_F(StoreTest, AddReadAndReconnect) {
   EXPECT_EQ(after.state, TokenState::kActive);
   EXPECT_EQ(after.consecutive_failures, 0);
   EXPECT_EQ(after.last_error_class, ErrorClass::kNone);
-  EXPECT_EQ(after.created_at, kNow);
-  EXPECT_EQ(after.connected_at, kNow + 1h);
-  EXPECT_EQ(after.next_refresh_due, kNow + 3h);
+  EXPECT_EQ(after.created_at, kStoreNow);
+  EXPECT_EQ(after.connected_at, kStoreNow + 1h);
+  EXPECT_EQ(after.next_refresh_due, kStoreNow + 3h);
   EXPECT_TRUE(after.lease_owner.empty()) << "a reconnect takes the lease away";
   EXPECT_FALSE(after.has_refresh_token);
   auto s2 = store->read_secrets(after);
@@ -222,8 +225,8 @@ TEST_F(StoreTest, AddReadAndReconnect) {
   // A reconnect may change the kind and the workspace too.
   NewToken moved = new_token("acct-1", Provider::kTikTok, TokenKind::kRefreshToken);
   moved.workspace_id = "ws-2";
-  ASSERT_TRUE(store->upsert(moved, secrets("act.third", "rft.third"), kNow + 2h,
-                            due_at(kNow + 3h, kNow + 4h)));
+  ASSERT_TRUE(store->upsert(moved, secrets("act.third", "rft.third"), kStoreNow + 2h,
+                            due_at(kStoreNow + 3h, kStoreNow + 4h)));
   auto changed = **store->find(id);
   EXPECT_EQ(changed.kind, TokenKind::kRefreshToken);
   EXPECT_EQ(changed.workspace_id, "ws-2");
@@ -237,12 +240,13 @@ TEST_F(StoreTest, AddReadAndReconnect) {
 
 TEST_F(StoreTest, ListFiltersCountsAndRemoves) {
   auto store = open(key_);
-  ASSERT_TRUE(store->upsert(new_token("t1"), secrets("a", "r"), kNow, due_at(kNow, kNow)));
+  ASSERT_TRUE(
+      store->upsert(new_token("t1"), secrets("a", "r"), kStoreNow, due_at(kStoreNow, kStoreNow)));
   ASSERT_TRUE(store->upsert(new_token("g1", Provider::kGoogle, TokenKind::kRefreshToken),
-                            secrets("", "1//r"), kNow, due_at(kNow, kNow)));
+                            secrets("", "1//r"), kStoreNow, due_at(kStoreNow, kStoreNow)));
   NewToken other = new_token("g2", Provider::kGoogle, TokenKind::kRefreshToken);
   other.workspace_id = "ws-2";
-  ASSERT_TRUE(store->upsert(other, secrets("", "1//s"), kNow, due_at(kNow, kNow)));
+  ASSERT_TRUE(store->upsert(other, secrets("", "1//s"), kStoreNow, due_at(kStoreNow, kStoreNow)));
 
   EXPECT_EQ(store->list({})->size(), 3u);
   EXPECT_EQ(store->list({Provider::kGoogle, {}, {}})->size(), 2u);
@@ -271,11 +275,11 @@ TEST_F(StoreTest, NoPlaintextSecretInTheDatabaseOrWal) {
       plain.push_back("act.PLAINTEXT-ACCESS-" + std::to_string(i) + "-zq9");
       plain.push_back("rft.PLAINTEXT-REFRESH-" + std::to_string(i) + "-zq9");
       ASSERT_TRUE(store->upsert(new_token("acct-" + std::to_string(i)),
-                                secrets(plain[plain.size() - 2], plain.back()), kNow,
-                                due_at(kNow, kNow)));
+                                secrets(plain[plain.size() - 2], plain.back()), kStoreNow,
+                                due_at(kStoreNow, kStoreNow)));
     }
     // Rewrite some secrets too, so old ciphertext pages exist.
-    auto jobs = store->claim_due(kNow, 10, "w", 5min, kAllProviders);
+    auto jobs = store->claim_due(kStoreNow, 10, "w", 5min, kAllProviders);
     ASSERT_TRUE(jobs);
     for (auto& d : *jobs) {
       plain.push_back("rft.PLAINTEXT-ROTATED-" + d.record.id);
@@ -295,8 +299,10 @@ TEST_F(StoreTest, NoPlaintextSecretInTheDatabaseOrWal) {
 
 TEST_F(StoreTest, SwappedCiphertextFailsToDecryptAndNamesTheToken) {
   auto store = open(key_);
-  auto a = store->upsert(new_token("a"), secrets("act.A", "rft.A"), kNow, due_at(kNow, kNow));
-  auto b = store->upsert(new_token("b"), secrets("act.B", "rft.B"), kNow, due_at(kNow, kNow));
+  auto a = store->upsert(new_token("a"), secrets("act.A", "rft.A"), kStoreNow,
+                         due_at(kStoreNow, kStoreNow));
+  auto b = store->upsert(new_token("b"), secrets("act.B", "rft.B"), kStoreNow,
+                         due_at(kStoreNow, kStoreNow));
   ASSERT_TRUE(a && b);
   // Another row's ciphertext:
   raw_exec(
@@ -314,7 +320,8 @@ TEST_F(StoreTest, SwappedCiphertextFailsToDecryptAndNamesTheToken) {
   ASSERT_FALSE(ra.ok());
   EXPECT_EQ(ra.error().code(), Errc::kCorrupt);
   // A flipped byte:
-  auto c = store->upsert(new_token("c"), secrets("act.C", "rft.C"), kNow, due_at(kNow, kNow));
+  auto c = store->upsert(new_token("c"), secrets("act.C", "rft.C"), kStoreNow,
+                         due_at(kStoreNow, kStoreNow));
   {
     SQLite::Database db(db_path(), SQLite::OPEN_READWRITE);
     SQLite::Statement get(db, "SELECT refresh_token FROM tokens WHERE account_id = 'c'");
@@ -334,7 +341,9 @@ TEST_F(StoreTest, WrongKeyFailsToDecryptButMetadataStillReads) {
   std::string id;
   {
     auto store = open(key_);
-    id = store->upsert(new_token("a"), secrets("act.A", "rft.A"), kNow, due_at(kNow, kNow))
+    id = store
+             ->upsert(new_token("a"), secrets("act.A", "rft.A"), kStoreNow,
+                      due_at(kStoreNow, kStoreNow))
              ->record.id;
   }
   auto other = open(make_key());
@@ -353,8 +362,8 @@ TEST_F(StoreTest, RekeyMovesEverySecretToTheCurrentKey) {
     for (int i = 0; i < 1203; ++i) {  // more than one rekey batch
       ids.push_back(store
                         ->upsert(new_token("a" + std::to_string(i)),
-                                 secrets("act." + std::to_string(i), i % 2 ? "rft.x" : ""), kNow,
-                                 due_at(kNow, kNow))
+                                 secrets("act." + std::to_string(i), i % 2 ? "rft.x" : ""),
+                                 kStoreNow, due_at(kStoreNow, kStoreNow))
                         ->record.id);
     }
   }
@@ -382,36 +391,36 @@ TEST_F(StoreTest, ClaimsDueTokensEarliestFirstAndHidesThemUntilTheLeaseEnds) {
   for (int i = 0; i < 5; ++i) {
     // Token i: refresh due at now + i minutes, check due in a day.
     ids.push_back(store
-                      ->upsert(new_token("a" + std::to_string(i)), secrets("x", "y"), kNow,
-                               due_at(kNow + std::chrono::minutes(i), kNow + 24h))
+                      ->upsert(new_token("a" + std::to_string(i)), secrets("x", "y"), kStoreNow,
+                               due_at(kStoreNow + std::chrono::minutes(i), kStoreNow + 24h))
                       ->record.id);
   }
-  EXPECT_EQ(**store->earliest_due(kAllProviders), kNow);
+  EXPECT_EQ(**store->earliest_due(kAllProviders), kStoreNow);
 
-  auto first = store->claim_due(kNow + 3min, 2, "w1", 10min, kAllProviders);
+  auto first = store->claim_due(kStoreNow + 3min, 2, "w1", 10min, kAllProviders);
   ASSERT_TRUE(first);
   ASSERT_EQ(first->size(), 2u);
   EXPECT_EQ((*first)[0].record.id, ids[0]);
   EXPECT_EQ((*first)[1].record.id, ids[1]);
   EXPECT_TRUE((*first)[0].refresh_due);
   EXPECT_FALSE((*first)[0].check_due);
-  EXPECT_EQ((*first)[0].record.next_refresh_due, kNow) << "the claim reports the original due";
+  EXPECT_EQ((*first)[0].record.next_refresh_due, kStoreNow) << "the claim reports the original due";
 
   // Claimed tokens are hidden from the next claim, by this worker or another.
-  auto second = store->claim_due(kNow + 3min, 10, "w2", 10min, kAllProviders);
+  auto second = store->claim_due(kStoreNow + 3min, 10, "w2", 10min, kAllProviders);
   ASSERT_EQ(second->size(), 2u);
   EXPECT_EQ((*second)[0].record.id, ids[2]);
   EXPECT_EQ((*second)[1].record.id, ids[3]);
   // Everything due is claimed; the next wake-up is token 4, not the claimed ones.
-  EXPECT_EQ(**store->earliest_due(kAllProviders), kNow + 4min);
-  EXPECT_EQ(store->claim_due(kNow + 3min, 10, "w2", 10min, kAllProviders)->size(), 0u);
+  EXPECT_EQ(**store->earliest_due(kAllProviders), kStoreNow + 4min);
+  EXPECT_EQ(store->claim_due(kStoreNow + 3min, 10, "w2", 10min, kAllProviders)->size(), 0u);
 
   // w1 finishes token 0; w1 dies holding token 1, which comes due again when its lease ends.
   TokenRecord done = (*first)[0].record;
-  done.next_refresh_due = kNow + 7 * 24h;
-  done.next_check_due = kNow + 24h;
+  done.next_refresh_due = kStoreNow + 7 * 24h;
+  done.next_check_due = kStoreNow + 24h;
   ASSERT_TRUE(store->save(done, nullptr, "w1", LeaseAction::kRelease));
-  auto later = store->claim_due(kNow + 13min, 10, "w3", 10min, kAllProviders);
+  auto later = store->claim_due(kStoreNow + 13min, 10, "w3", 10min, kAllProviders);
   ASSERT_TRUE(later);
   std::vector<std::string> got;
   for (auto& d : *later)
@@ -424,7 +433,7 @@ TEST_F(StoreTest, ClaimsDueTokensEarliestFirstAndHidesThemUntilTheLeaseEnds) {
   EXPECT_EQ(got, want);
   auto saved = **store->find(ids[0]);
   EXPECT_TRUE(saved.lease_owner.empty());
-  EXPECT_EQ(saved.next_refresh_due, kNow + 7 * 24h);
+  EXPECT_EQ(saved.next_refresh_due, kStoreNow + 7 * 24h);
   // The dead worker's late save is refused: w3 owns token 1 now.
   auto late = store->save((*first)[1].record, nullptr, "w1", LeaseAction::kRelease);
   ASSERT_FALSE(late.ok());
@@ -433,11 +442,13 @@ TEST_F(StoreTest, ClaimsDueTokensEarliestFirstAndHidesThemUntilTheLeaseEnds) {
 
 TEST_F(StoreTest, AStaleGenerationIsFencedOutEvenForTheSameOwner) {
   auto store = open(key_);
-  auto id = store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow))->record.id;
-  auto first = store->claim_due(kNow, 1, "daemon", 1min, kAllProviders);
+  auto id =
+      store->upsert(new_token("a"), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow))
+          ->record.id;
+  auto first = store->claim_due(kStoreNow, 1, "daemon", 1min, kAllProviders);
   ASSERT_EQ(first->size(), 1u);
   // The lease runs out while the request hangs; the same daemon claims the token again.
-  auto second = store->claim_due(kNow + 2min, 1, "daemon", 1min, kAllProviders);
+  auto second = store->claim_due(kStoreNow + 2min, 1, "daemon", 1min, kAllProviders);
   ASSERT_EQ(second->size(), 1u);
   EXPECT_EQ((*second)[0].record.lease_generation, (*first)[0].record.lease_generation + 1);
   auto stale = store->save((*first)[0].record, nullptr, "daemon", LeaseAction::kRelease);
@@ -452,85 +463,95 @@ TEST_F(StoreTest, AStaleGenerationIsFencedOutEvenForTheSameOwner) {
 // until save() writes the record's view back.
 TEST_F(StoreTest, ARenewalAttemptIsRecordedUnderTheLeaseAndClearedBySave) {
   auto store = open(key_);
-  ASSERT_TRUE(store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow)));
-  auto claimed = store->claim_due(kNow, 1, "daemon", 1min, kAllProviders);
+  ASSERT_TRUE(
+      store->upsert(new_token("a"), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow)));
+  auto claimed = store->claim_due(kStoreNow, 1, "daemon", 1min, kAllProviders);
   ASSERT_EQ(claimed->size(), 1u);
   const TokenRecord r = (*claimed)[0].record;
   const LeaseRef lease{r.id, r.lease_generation};
-  auto wrong = store->begin_renewal(lease, "someone-else", kNow);
+  auto wrong = store->begin_renewal(lease, "someone-else", kStoreNow);
   ASSERT_FALSE(wrong.ok());
   EXPECT_EQ(wrong.error().code(), Errc::kLeaseLost);
   EXPECT_FALSE((*store->find(r.id))->renewal_in_doubt_since) << "a refused attempt wrote nothing";
 
-  ASSERT_TRUE(store->begin_renewal(lease, "daemon", kNow + 1s));
-  EXPECT_EQ((*store->find(r.id))->renewal_in_doubt_since, kNow + 1s);
+  ASSERT_TRUE(store->begin_renewal(lease, "daemon", kStoreNow + 1s));
+  EXPECT_EQ((*store->find(r.id))->renewal_in_doubt_since, kStoreNow + 1s);
   // A process dies here; the token is claimed again once the lease runs out.
-  auto again = store->claim_due(kNow + 2min, 1, "daemon-2", 1min, kAllProviders);
+  auto again = store->claim_due(kStoreNow + 2min, 1, "daemon-2", 1min, kAllProviders);
   ASSERT_EQ(again->size(), 1u);
   TokenRecord next = (*again)[0].record;
-  EXPECT_EQ(next.renewal_in_doubt_since, kNow + 1s) << "the next worker sees the doubt";
-  ASSERT_TRUE(store->begin_renewal({next.id, next.lease_generation}, "daemon-2", kNow + 2min));
-  EXPECT_EQ((*store->find(r.id))->renewal_in_doubt_since, kNow + 1s)
+  EXPECT_EQ(next.renewal_in_doubt_since, kStoreNow + 1s) << "the next worker sees the doubt";
+  ASSERT_TRUE(store->begin_renewal({next.id, next.lease_generation}, "daemon-2", kStoreNow + 2min));
+  EXPECT_EQ((*store->find(r.id))->renewal_in_doubt_since, kStoreNow + 1s)
       << "a second attempt keeps the time the doubt began";
-  EXPECT_FALSE(store->begin_renewal(lease, "daemon", kNow + 2min).ok()) << "the old lease";
+  EXPECT_FALSE(store->begin_renewal(lease, "daemon", kStoreNow + 2min).ok()) << "the old lease";
   next.renewal_in_doubt_since.reset();  // the renewal worked
   ASSERT_TRUE(store->save(next, nullptr, "daemon-2", LeaseAction::kRelease));
   EXPECT_FALSE((*store->find(r.id))->renewal_in_doubt_since);
   // A reconnect (new secrets from the customer) ends any doubt.
-  auto claimed3 = store->claim_due(kNow + 10min, 1, "daemon", 1min, kAllProviders);
+  auto claimed3 = store->claim_due(kStoreNow + 10min, 1, "daemon", 1min, kAllProviders);
   ASSERT_EQ(claimed3->size(), 1u);
-  ASSERT_TRUE(
-      store->begin_renewal({r.id, (*claimed3)[0].record.lease_generation}, "daemon", kNow + 10min));
-  auto reconnected = store->upsert(new_token("a"), secrets("x2", "y2"), kNow + 11min,
-                                   due_at(kNow + 1h, kNow + 1h));
+  ASSERT_TRUE(store->begin_renewal({r.id, (*claimed3)[0].record.lease_generation}, "daemon",
+                                   kStoreNow + 10min));
+  auto reconnected = store->upsert(new_token("a"), secrets("x2", "y2"), kStoreNow + 11min,
+                                   due_at(kStoreNow + 1h, kStoreNow + 1h));
   ASSERT_TRUE(reconnected);
   EXPECT_FALSE((*store->find(r.id))->renewal_in_doubt_since);
 }
 
 TEST_F(StoreTest, ExtendedLeasesKeepOtherWorkersOut) {
   auto store = open(key_);
-  auto id = store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow))->record.id;
-  auto job = store->claim_due(kNow, 1, "slow", 1min, kAllProviders);
+  auto id =
+      store->upsert(new_token("a"), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow))
+          ->record.id;
+  auto job = store->claim_due(kStoreNow, 1, "slow", 1min, kAllProviders);
   ASSERT_EQ(job->size(), 1u);
   const TokenRecord held = (*job)[0].record;
   // Extended every 50 s while the provider is slow: nobody else gets in for five minutes.
   for (int i = 1; i <= 6; ++i) {
     EXPECT_TRUE(
-        store->extend_leases({{id, held.lease_generation}}, "slow", kNow + i * 50s, 1min)->empty());
-    EXPECT_EQ(store->claim_due(kNow + i * 50s + 5s, 10, "other", 1min, kAllProviders)->size(), 0u)
+        store->extend_leases({{id, held.lease_generation}}, "slow", kStoreNow + i * 50s, 1min)
+            ->empty());
+    EXPECT_EQ(store->claim_due(kStoreNow + i * 50s + 5s, 10, "other", 1min, kAllProviders)->size(),
+              0u)
         << i;
   }
-  EXPECT_GT(**store->earliest_due(kAllProviders), kNow + 300s) << "no busy loop on a held token";
-  EXPECT_EQ(*store->extend_leases({{id, held.lease_generation + 7}}, "slow", kNow, 1min),
+  EXPECT_GT(**store->earliest_due(kAllProviders), kStoreNow + 300s)
+      << "no busy loop on a held token";
+  EXPECT_EQ(*store->extend_leases({{id, held.lease_generation + 7}}, "slow", kStoreNow, 1min),
             std::vector<std::string>{id})
       << "a lease held at another generation is not extended: reported lost";
-  EXPECT_EQ(*store->extend_leases({{id, held.lease_generation}}, "other", kNow, 1min),
+  EXPECT_EQ(*store->extend_leases({{id, held.lease_generation}}, "other", kStoreNow, 1min),
             std::vector<std::string>{id});
   EXPECT_TRUE(store->save(held, nullptr, "slow", LeaseAction::kRelease));
 }
 
 TEST_F(StoreTest, ForcedClaimBlocksScheduledClaimsWithoutBusyLooping) {
   auto store = open(key_);
-  auto id = store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow))->record.id;
-  ASSERT_TRUE(store->claim(id, kNow, "cli", 2min));
-  auto other = store->claim(id, kNow, "daemon", 5min);
+  auto id =
+      store->upsert(new_token("a"), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow))
+          ->record.id;
+  ASSERT_TRUE(store->claim(id, kStoreNow, "cli", 2min));
+  auto other = store->claim(id, kStoreNow, "daemon", 5min);
   ASSERT_FALSE(other.ok());
   EXPECT_EQ(other.error().code(), Errc::kLeaseLost);
-  EXPECT_EQ(store->claim_due(kNow, 10, "daemon", 5min, kAllProviders)->size(), 0u);
+  EXPECT_EQ(store->claim_due(kStoreNow, 10, "daemon", 5min, kAllProviders)->size(), 0u);
   // The daemon's next wake-up is the end of the CLI's lease, not "now" again and again.
-  EXPECT_EQ(**store->earliest_due(kAllProviders), kNow + 2min);
-  EXPECT_EQ(store->claim_due(kNow + 2min, 10, "daemon", 5min, kAllProviders)->size(), 1u);
+  EXPECT_EQ(**store->earliest_due(kAllProviders), kStoreNow + 2min);
+  EXPECT_EQ(store->claim_due(kStoreNow + 2min, 10, "daemon", 5min, kAllProviders)->size(), 1u);
 }
 
 TEST_F(StoreTest, SaveKeepsOrReleasesTheLeaseAndReplacesSecrets) {
   auto store = open(key_);
-  auto id =
-      store->upsert(new_token("a"), secrets("act.1", "rft.1"), kNow, due_at(kNow, kNow))->record.id;
-  auto job = store->claim_due(kNow, 1, "w", 5min, kAllProviders);
+  auto id = store
+                ->upsert(new_token("a"), secrets("act.1", "rft.1"), kStoreNow,
+                         due_at(kStoreNow, kStoreNow))
+                ->record.id;
+  auto job = store->claim_due(kStoreNow, 1, "w", 5min, kAllProviders);
   ASSERT_EQ(job->size(), 1u);
   TokenRecord r = (*job)[0].record;
   TokenSecrets rotated{Secret("act.2"), Secret("rft.2")};
-  r.expires_at = kNow + 60 * 24h;
+  r.expires_at = kStoreNow + 60 * 24h;
   ASSERT_TRUE(store->save(r, &rotated, "w", LeaseAction::kKeep));
   EXPECT_EQ((*store->find(id))->lease_owner, "w");
   EXPECT_EQ(store->read_secrets(r)->refresh_token.reveal(), "rft.2");
@@ -538,7 +559,7 @@ TEST_F(StoreTest, SaveKeepsOrReleasesTheLeaseAndReplacesSecrets) {
   auto after = **store->find(id);
   EXPECT_TRUE(after.lease_owner.empty());
   EXPECT_FALSE(after.lease_until.has_value());
-  EXPECT_EQ(after.expires_at, kNow + 60 * 24h);
+  EXPECT_EQ(after.expires_at, kStoreNow + 60 * 24h);
   EXPECT_EQ(store->read_secrets(after)->refresh_token.reveal(), "rft.2");
   EXPECT_EQ(store->save(r, nullptr, "w", LeaseAction::kRelease).error().code(), Errc::kLeaseLost);
 }
@@ -565,6 +586,45 @@ TEST_F(StoreTest, ScheduleQueriesUseTheDueIndexes) {
   EXPECT_EQ(searches, 12u) << *plan;
 }
 
+// After the wall clock is set back, checks lying beyond one period are pulled into the coming
+// period on their own slot; nothing else moves, and a second call finds nothing to do.
+TEST_F(StoreTest, PullInChecksMovesOnlyChecksBeyondOnePeriodKeepingTheirSlot) {
+  auto store = open(key_);
+  ASSERT_TRUE(store);
+  const SysTime refresh = kStoreNow + 7 * 24h;
+  struct Case {
+    std::string account;
+    SysTime check;
+    SysTime expected;
+    Provider provider = Provider::kTikTok;
+  };
+  const std::vector<Case> cases = {
+      {"within", kStoreNow + 30min, kStoreNow + 30min},
+      {"edge", kStoreNow + 1h, kStoreNow + 1h},
+      {"just-beyond", kStoreNow + 1h + 1s, kStoreNow + 1s},
+      {"far", kStoreNow + 7h + 20min, kStoreNow + 20min},
+      {"far-exact", kStoreNow + 6h, kStoreNow + 1h},
+      {"other-provider", kStoreNow + 7h + 20min, kStoreNow + 7h + 20min, Provider::kGoogle},
+  };
+  std::map<std::string, std::string> ids;
+  for (const Case& c : cases) {
+    auto r = store->upsert(new_token(c.account, c.provider), secrets("act.1", "rft.1"), kStoreNow,
+                           due_at(refresh, c.check));
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    ids[c.account] = r->record.id;
+  }
+  auto moved = store->pull_in_checks(Provider::kTikTok, kStoreNow, 1h);
+  ASSERT_TRUE(moved.ok()) << moved.error().message();
+  EXPECT_EQ(*moved, 3u);
+  for (const Case& c : cases) {
+    const TokenRecord r = **store->find(ids[c.account]);
+    EXPECT_EQ(r.next_check_due, c.expected) << c.account;
+    EXPECT_EQ(r.next_refresh_due, refresh) << c.account;
+  }
+  EXPECT_EQ(*store->pull_in_checks(Provider::kTikTok, kStoreNow, 1h), 0u) << "idempotent";
+  EXPECT_FALSE(store->pull_in_checks(Provider::kTikTok, kStoreNow, 0s).ok());
+}
+
 TEST_F(StoreTest, ALockedDatabaseIsBusyNotAnError) {
   { ASSERT_TRUE(open(key_)); }
   auto opened = SqliteTokenStore::open(db_path(), 1ms, Cipher(KeyRing(key_)));
@@ -572,11 +632,14 @@ TEST_F(StoreTest, ALockedDatabaseIsBusyNotAnError) {
   auto& store = *opened;
   SQLite::Database other(db_path(), SQLite::OPEN_READWRITE);
   other.exec("BEGIN IMMEDIATE");
-  auto r = store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow));
+  auto r =
+      store->upsert(new_token("a"), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code(), Errc::kBusy) << r.error().message();
   other.exec("ROLLBACK");
-  EXPECT_TRUE(store->upsert(new_token("a"), secrets("x", "y"), kNow, due_at(kNow, kNow)).ok());
+  EXPECT_TRUE(
+      store->upsert(new_token("a"), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow))
+          .ok());
 }
 
 }  // namespace

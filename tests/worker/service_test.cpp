@@ -28,7 +28,7 @@ TEST(ServiceNotifier, SpeaksSystemdsNotifyProtocol) {
   n.stopping();
   auto got = socket.drain();
   ASSERT_EQ(got.size(), 4u);
-  EXPECT_EQ(got[0], "READY=1\nSTATUS=3 active, 0 failing, 0 need re-auth; next due soon")
+  EXPECT_EQ(got[0], "READY=1\nSTATUS=3 active, 0 failing, 0 need re-auth;\\nnext due soon")
       << "STATUS stays on one line";
   EXPECT_EQ(got[1], "STATUS=4 active");
   EXPECT_EQ(got[2].rfind("RELOADING=1", 0), 0u);

@@ -14,7 +14,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-const SysTime kStart = from_unix(1'800'000'000);
+const SysTime kStatusStart = from_unix(1'800'000'000);
 
 class StatusTest : public ::testing::Test {
  protected:
@@ -52,7 +52,7 @@ class StatusTest : public ::testing::Test {
   }
 
   testing::TempDir dir_;
-  FakeClock clock_{kStart};
+  FakeClock clock_{kStatusStart};
   boost::asio::io_context io_;
   Policy policy_{PolicyConfig::from(Config{}), [] { return 0.0; }};
   std::unique_ptr<SqliteTokenStore> store_;
@@ -87,7 +87,7 @@ TEST_F(StatusTest, TheFileCountsTokensAndListsThoseThatNeedReauth) {
     found = true;
     EXPECT_EQ(t["workspace_id"], "ws-g2");
     EXPECT_EQ(t["state"], "revoked");
-    EXPECT_EQ(t["since"], format_time(kStart));
+    EXPECT_EQ(t["since"], format_time(kStatusStart));
     EXPECT_EQ(t["reason"], "invalid_grant: Token has been revoked.");
   }
   EXPECT_TRUE(found);

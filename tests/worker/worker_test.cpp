@@ -21,7 +21,7 @@ namespace {
 using namespace std::chrono_literals;
 using std::chrono::days;
 
-const SysTime kStart = from_unix(1'800'000'000);
+const SysTime kWorkerStart = from_unix(1'800'000'000);
 
 // A provider whose replies the test decides. Replies are posted, like a real client's; held
 // replies wait until the test releases them.
@@ -149,7 +149,7 @@ class WorkerTest : public ::testing::Test {
   TokenRecord get(const std::string& id) { return **store_->find(id); }
 
   boost::asio::io_context io_;
-  FakeClock clock_{kStart};
+  FakeClock clock_{kWorkerStart};
   Policy policy_{PolicyConfig::from(Config{}), [] { return 0.0; }};
   std::unique_ptr<SqliteTokenStore> store_;
   testing::FaultyStore faulty_;
@@ -184,7 +184,7 @@ TEST_F(WorkerTest, RenewsAndChecksOnScheduleForDays) {
     return o;
   });
   worker_->start();
-  run_until(kStart + days(3));
+  run_until(kWorkerStart + days(3));
   // Added two days from expiry (inside renew_before): renewed at once; then at two thirds of
   // their known 2-day lifetime: at 0, 32 h and 64 h.
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 60);
@@ -233,9 +233,9 @@ TEST_F(WorkerTest, TheTokenBucketPacesRequests) {
   worker_->start();
   settle();
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 2) << "the burst";
-  run_until(kStart + 2s);
+  run_until(kWorkerStart + 2s);
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 4) << "then one a second";
-  run_until(kStart + 4s);
+  run_until(kWorkerStart + 4s);
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 6);
 }
 
@@ -252,7 +252,7 @@ TEST_F(WorkerTest, AnOpenBreakerPutsTokensOffWithoutFailingThem) {
     return outage ? Outcome::failed(op, ErrorClass::kTransient, "HTTP 503") : Outcome::success(op);
   });
   worker_->start();
-  run_until(kStart + 10s);
+  run_until(kWorkerStart + 10s);
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 3) << "the breaker opened after three";
   int failing = 0, untouched = 0;
   for (const auto& id : ids) {
@@ -264,7 +264,7 @@ TEST_F(WorkerTest, AnOpenBreakerPutsTokensOffWithoutFailingThem) {
   EXPECT_EQ(untouched, 5) << "the others wait without a failure on their record";
   // The provider recovers; after the cooldown a probe closes the breaker and the rest go through.
   outage = false;
-  run_until(kStart + 5min);
+  run_until(kWorkerStart + 5min);
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 8 + 3);
   for (const auto& id : ids)
     EXPECT_EQ(get(id).state, TokenState::kActive) << id;
@@ -283,14 +283,14 @@ TEST_F(WorkerTest, AReloadDoesNotCloseABreakerOpenInAnOutage) {
     return Outcome::failed(op, ErrorClass::kTransient, "HTTP 503");
   });
   worker_->start();
-  run_until(kStart + 10s);
+  run_until(kWorkerStart + 10s);
   ASSERT_EQ(tiktok_.calls(Operation::kRefresh), 3) << "the breaker opened after three";
   worker_->set_limits({{Provider::kTikTok, limits}});
   ProviderLimits faster = limits;
   faster.requests_per_second *= 2;
   worker_->set_limits({{Provider::kTikTok, faster}});
   add("added-after-the-reload", std::nullopt);  // due now: would go out through a closed breaker
-  run_until(kStart + 40s);
+  run_until(kWorkerStart + 40s);
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 3) << "still open: nothing sent in the outage";
 }
 
@@ -312,16 +312,17 @@ TEST_F(WorkerTest, ARenewalWhoseReplyIsLostLeavesTheTokenInDoubt) {
     return Outcome::failed(op, ErrorClass::kPermanent, "invalid_grant: refresh token reused");
   });
   worker_->start();
-  run_until(kStart + 1s);
+  run_until(kWorkerStart + 1s);
   ASSERT_EQ(attempt, 1);
-  EXPECT_EQ(recorded_before_send, kStart) << "written before the request went out";
-  EXPECT_EQ(get(id).renewal_in_doubt_since, kStart);
+  EXPECT_EQ(recorded_before_send, kWorkerStart) << "written before the request went out";
+  EXPECT_EQ(get(id).renewal_in_doubt_since, kWorkerStart);
   EXPECT_EQ(get(id).state, TokenState::kFailing);
-  run_until(kStart + 10min);  // the retry
+  run_until(kWorkerStart + 10min);  // the retry
   ASSERT_EQ(attempt, 2);
   const TokenRecord r = get(id);
   EXPECT_EQ(r.state, TokenState::kNeedsReauth);
-  EXPECT_EQ(r.last_error_message.rfind("in doubt: a renewal sent at " + format_time(kStart), 0), 0u)
+  EXPECT_EQ(
+      r.last_error_message.rfind("in doubt: a renewal sent at " + format_time(kWorkerStart), 0), 0u)
       << r.last_error_message;
 }
 
@@ -343,12 +344,12 @@ TEST_F(WorkerTest, ARenewalCancelledAtShutdownStaysInDoubt) {
   bool stopped = false;
   worker_->stop(1s, nullptr, [&] { stopped = true; });
   tiktok_.release_held();  // the transport's cancellation arrives
-  run_until(kStart + 5s);
+  run_until(kWorkerStart + 5s);
   ASSERT_TRUE(stopped);
   const TokenRecord r = get(id);
   EXPECT_TRUE(r.lease_owner.empty()) << "given back";
   EXPECT_EQ(r.consecutive_failures, 0) << "not the token's failure";
-  EXPECT_EQ(r.renewal_in_doubt_since, kStart) << "the request was on the wire";
+  EXPECT_EQ(r.renewal_in_doubt_since, kWorkerStart) << "the request was on the wire";
 }
 
 // New secrets stored by a renewal that failed at a later step settle any doubt.
@@ -364,10 +365,10 @@ TEST_F(WorkerTest, NewSecretsFromAFailedRenewalEndTheDoubt) {
     return o;
   });
   worker_->start();
-  run_until(kStart + 1s);
+  run_until(kWorkerStart + 1s);
   ASSERT_EQ(attempt, 1);
-  EXPECT_EQ(get(id).renewal_in_doubt_since, kStart);
-  while (attempt < 2 && clock_.now() < kStart + 10min)
+  EXPECT_EQ(get(id).renewal_in_doubt_since, kWorkerStart);
+  while (attempt < 2 && clock_.now() < kWorkerStart + 10min)
     run_until(clock_.now() + 1s);  // to the retry, and no further
   ASSERT_EQ(attempt, 2);
   EXPECT_FALSE(get(id).renewal_in_doubt_since) << "the new refresh token is stored";
@@ -381,13 +382,13 @@ TEST_F(WorkerTest, ARenewalWhoseAttemptCannotBeRecordedIsNotSent) {
       [](Operation op, const TokenRecord&, const TokenSecrets&) { return renewed(op, 3); });
   faulty_.fail_renewal_starts(1, Errc::kStorage);  // a full disk, say
   worker_->start();
-  run_until(kStart + 5s);
+  run_until(kWorkerStart + 5s);
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 0) << "never sent without the record";
   EXPECT_NE(log_lines_.str().find("renewal of " + id + " not sent: cannot record the attempt"),
             std::string::npos)
       << log_lines_.str();
   EXPECT_EQ(get(id).consecutive_failures, 0) << "not the token's failure";
-  run_until(kStart + 1min);
+  run_until(kWorkerStart + 1min);
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 1) << "sent once the disk takes the record";
   EXPECT_EQ(store_->read_secrets(get(id))->refresh_token.reveal(), "rft.SECRET-3");
   EXPECT_FALSE(get(id).renewal_in_doubt_since);
@@ -484,9 +485,9 @@ TEST_F(WorkerTest, AThrottleHintPausesTheProvider) {
   one_at_a_time.requests_per_second = 1000;
   build(/*max_in_flight=*/1, one_at_a_time);
   worker_->start();
-  run_until(kStart + 5min);
+  run_until(kWorkerStart + 5min);
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 1) << "paused for ten minutes after the first";
-  run_until(kStart + 21min);
+  run_until(kWorkerStart + 21min);
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 3);
 }
 
@@ -501,18 +502,18 @@ TEST_F(WorkerTest, AHalfOpenProbeInFlightDoesNotSpinTheLoop) {
     return Outcome::failed(op, ErrorClass::kTransient, "HTTP 503");
   });
   worker_->start();
-  run_until(kStart + 1s);  // the first failure opens the breaker; the rest are put off
+  run_until(kWorkerStart + 1s);  // the first failure opens the breaker; the rest are put off
   ASSERT_EQ(tiktok_.calls(Operation::kRefresh), 1);
   tiktok_.hold(true);
-  run_until(kStart + 40s);  // the probe goes out after the cooldown... and hangs
+  run_until(kWorkerStart + 40s);  // the probe goes out after the cooldown... and hangs
   EXPECT_EQ(tiktok_.held(), 1u);
-  const int fired = run_until(kStart + 2min);
+  const int fired = run_until(kWorkerStart + 2min);
   EXPECT_LT(fired, 20) << "waiting for the probe must not wake the loop over and over";
   tiktok_.set_reply(
       [](Operation op, const TokenRecord&, const TokenSecrets&) { return Outcome::success(op); });
   tiktok_.release_held();
   tiktok_.hold(false);
-  run_until(kStart + 10min);
+  run_until(kWorkerStart + 10min);
   EXPECT_GE(tiktok_.calls(Operation::kRefresh), 4) << "after the probe the rest go through";
 }
 
@@ -530,11 +531,11 @@ TEST_F(WorkerTest, AProbeThatNeverWentOutDoesNotStallTheProvider) {
     return Outcome::failed(op, ErrorClass::kTransient, "HTTP 503");
   });
   worker_->start();
-  run_until(kStart + 1s);
+  run_until(kWorkerStart + 1s);
   ASSERT_EQ(tiktok_.calls(Operation::kRefresh), 1) << "the breaker opened after one failure";
   tiktok_.set_reply(
       [](Operation op, const TokenRecord&, const TokenSecrets&) { return Outcome::success(op); });
-  run_until(kStart + 1h);
+  run_until(kWorkerStart + 1h);
   EXPECT_TRUE(get(good).last_refreshed_at) << "the good token got through after the cooldown";
   EXPECT_EQ(get(good).state, TokenState::kActive);
   EXPECT_EQ(get(bad).last_error_class, ErrorClass::kConfiguration);
@@ -657,14 +658,14 @@ TEST_F(WorkerTest, StopWaitsForARetriedCommitOfRotatedSecrets) {
       [](Operation op, const TokenRecord&, const TokenSecrets&) { return renewed(op, 9); });
   faulty_.fail_saves(1000, Errc::kStorage);  // the disk is full
   worker_->start();
-  run_until(kStart + 1s);
+  run_until(kWorkerStart + 1s);
   EXPECT_GT(faulty_.saves_refused(), 0);
   bool stopped = false;
   worker_->stop(5s, nullptr, [&] { stopped = true; });
-  run_until(kStart + 3s);
+  run_until(kWorkerStart + 3s);
   EXPECT_FALSE(stopped) << "renewed secrets are still waiting to be stored";
   faulty_.fail_saves(0);  // space freed
-  run_until(kStart + 40s);
+  run_until(kWorkerStart + 40s);
   EXPECT_TRUE(stopped);
   EXPECT_EQ(store_->read_secrets(get(id))->refresh_token.reveal(), "rft.SECRET-9");
 }
@@ -700,7 +701,7 @@ TEST_F(WorkerTest, ATokenRemovedMidFlightIsDroppedNotRetriedForever) {
   settle();
   ASSERT_TRUE(*store_->remove(id));
   tiktok_.release_held();
-  run_until(kStart + 10min);
+  run_until(kWorkerStart + 10min);
   EXPECT_EQ(worker_->in_hand(), 0u);
   EXPECT_EQ(worker_->stats().commit_retries, 0u);
   EXPECT_EQ(worker_->stats().results_dropped, 1u);
@@ -800,6 +801,77 @@ TEST_F(WorkerTest, AReclaimedTokenAlreadyInHandIsNotWorkedTwice) {
   settle();
   EXPECT_TRUE(get(id).last_refreshed_at) << "and its outcome is stored";
   EXPECT_EQ(worker.stats().results_dropped, 0u);
+}
+
+// The wall clock set back six hours, then forward a day, under a running worker: checks go on
+// every hour through both (those a step back put six hours ahead are pulled in), a token whose
+// provider is failing keeps backing off, and no token is ever failed for the clock.
+TEST_F(WorkerTest, TheWallClockSetBackThenForwardNeverStallsChecksNorFailsAToken) {
+  build();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 6; ++i)
+    ids.push_back(add("acct-" + std::to_string(i)));
+  const std::string flaky = add("flaky");
+  std::map<std::string, int> checks;
+  std::vector<SysTime> flaky_attempts;
+  tiktok_.set_reply([&](Operation op, const TokenRecord& r, const TokenSecrets&) {
+    if (r.id == flaky) {
+      flaky_attempts.push_back(clock_.now());
+      return Outcome::failed(op, ErrorClass::kTransient, "HTTP 503");
+    }
+    if (op == Operation::kCheck) ++checks[r.id];
+    return Outcome::success(op);
+  });
+  worker_->start();
+  run_until(kWorkerStart + 3h);
+  for (const auto& id : ids)
+    ASSERT_GE(checks[id], 2) << id;
+  ASSERT_GE(flaky_attempts.size(), 4u);
+  for (std::size_t i = 2; i < 4; ++i) {
+    EXPECT_GT(flaky_attempts[i] - flaky_attempts[i - 1],
+              flaky_attempts[i - 1] - flaky_attempts[i - 2])
+        << "backing off";
+  }
+
+  // Fires the worker's pending wake as AsioWakeTimer would after a step: on the steady clock, as
+  // long after the step as it was armed ahead of it.
+  auto fire_pending_wake = [&](WallTime before_step) {
+    const auto next = timers_.next_due();
+    ASSERT_TRUE(next);
+    clock_.advance(std::max(*next - before_step, WallTime::duration::zero()));
+    ASSERT_TRUE(timers_.fire_next());
+    settle();
+  };
+
+  // Back six hours.
+  std::map<std::string, int> before = checks;
+  WallTime step_at = clock_.system_now();
+  clock_.set_system(step_at - 6h);
+  fire_pending_wake(step_at);
+  run_until(clock_.now() + 2h);
+  for (const auto& id : ids) {
+    EXPECT_GE(checks[id] - before[id], 2) << id << ": checked every hour after the step back";
+    EXPECT_EQ(get(id).state, TokenState::kActive) << id;
+  }
+  EXPECT_NE(log_lines_.str().find("the wall clock was set back by 6h"), std::string::npos);
+
+  // Forward a day: what came due is done now, and the hourly checks go on.
+  before = checks;
+  step_at = clock_.system_now();
+  clock_.set_system(step_at + 24h);
+  fire_pending_wake(step_at);
+  run_until(clock_.now() + 2h);
+  for (const auto& id : ids) {
+    EXPECT_GE(checks[id] - before[id], 2) << id << ": checked every hour after the step forward";
+    EXPECT_EQ(get(id).state, TokenState::kActive) << id;
+  }
+  EXPECT_NE(log_lines_.str().find("the wall clock was set forward by 1d"), std::string::npos);
+
+  // The failing token was retried throughout and is only failing.
+  EXPECT_GE(flaky_attempts.size(), 6u);
+  EXPECT_EQ(get(flaky).state, TokenState::kFailing);
+  EXPECT_GE(get(flaky).consecutive_failures, 4);
+  EXPECT_EQ(worker_->stats().results_dropped, 0u);
 }
 
 }  // namespace
