@@ -168,12 +168,12 @@ struct Worker::Impl {
         std::chrono::duration_cast<Millis>(clock.steady_now().time_since_epoch());
     if (wall_offset && offset - *wall_offset > kTolerance) {
       log->warn("the wall clock was set forward by {}: work due by the new time is done now",
-                format_duration(offset - *wall_offset));
+                format_duration(std::chrono::round<Seconds>(offset - *wall_offset)));
     } else if (wall_offset && *wall_offset - offset > kTolerance) {
       log->warn(
           "the wall clock was set back by {}: checks now more than a period ahead are "
           "pulled in; renewals keep their times",
-          format_duration(*wall_offset - offset));
+          format_duration(std::chrono::round<Seconds>(*wall_offset - offset)));
       pull_in_pending = true;
     }
     wall_offset = offset;
