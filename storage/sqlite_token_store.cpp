@@ -482,13 +482,14 @@ SqliteTokenStore::~SqliteTokenStore() = default;
 
 Result<std::unique_ptr<SqliteTokenStore>> SqliteTokenStore::open(const std::string& path,
                                                                  Millis busy_timeout, Cipher cipher,
-                                                                 OpenMode mode) {
+                                                                 OpenMode mode,
+                                                                 const std::string& vfs) {
   if (path != ":memory:") {
     if (auto st = prepare_file(path, mode); !st) return st.error();
   }
   return guarded("opening database " + path, [&]() -> Result<std::unique_ptr<SqliteTokenStore>> {
     auto db = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE,
-                                                 static_cast<int>(busy_timeout.count()));
+                                                 static_cast<int>(busy_timeout.count()), vfs);
     // Reading the header fails here, not later, when the file is not a database.
     db->execAndGet("PRAGMA schema_version");
     std::string mode = db->execAndGet("PRAGMA journal_mode = WAL").getString();

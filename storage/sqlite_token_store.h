@@ -41,10 +41,12 @@ class SqliteTokenStore final : public TokenStore {
   // Opens and migrates the database at `path`, creating it (mode 0600) when `mode` allows. Fails
   // with a message naming the path when the directory or (kExisting) the file is missing, the
   // file is readable by group or others, is not a database, or its schema is newer than this
-  // build's.
+  // build's. `vfs` names a registered SQLite VFS (tests inject storage faults through one);
+  // empty is SQLite's default.
   static Result<std::unique_ptr<SqliteTokenStore>> open(const std::string& path,
                                                         Millis busy_timeout, Cipher cipher,
-                                                        OpenMode mode = OpenMode::kCreate);
+                                                        OpenMode mode = OpenMode::kCreate,
+                                                        const std::string& vfs = {});
   ~SqliteTokenStore() override;
 
   Result<UpsertResult> upsert(const NewToken& token, const TokenSecrets& secrets, SysTime now,
