@@ -25,6 +25,17 @@ Result<std::size_t> Scheduler::pull_in_checks() {
   return moved;
 }
 
+void Scheduler::pull_in_check(Job& job) const {
+  TokenRecord& r = job.record;
+  if (!r.next_check_due || r.consecutive_failures != 0) return;
+  const std::int64_t period = policy_.schedule_for(r.provider).check_every.count();
+  const std::int64_t now = to_unix(clock_.now());
+  const std::int64_t due = to_unix(*r.next_check_due);
+  if (period <= 0 || due <= now + period) return;
+  // As in TokenStore::pull_in_checks: back by whole periods into (now, now + period].
+  r.next_check_due = from_unix(due - period * ((due - now - 1) / period));
+}
+
 Result<std::vector<Job>> Scheduler::claim_due() {
   return claim_due(static_cast<std::size_t>(config_.batch_size));
 }

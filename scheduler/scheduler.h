@@ -74,6 +74,8 @@ class Scheduler {
   // revocations are still noticed within a period. Renewals, days apart, keep their times (a
   // step back of D delays them by D). Returns how many tokens moved.
   Result<std::size_t> pull_in_checks();
+  // The same, on a job in hand (its record is written back when the job ends).
+  void pull_in_check(Job& job) const;
   // Extends the leases of jobs still in hand; returns the ids whose lease was lost.
   Result<std::vector<std::string>> extend(const std::vector<LeaseRef>& leases);
 

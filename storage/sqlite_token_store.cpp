@@ -635,7 +635,8 @@ Result<std::size_t> SqliteTokenStore::pull_in_checks(Provider provider, SysTime 
     SQLite::Statement q(*impl_->db,
                         "UPDATE tokens SET next_check_due = next_check_due - "
                         "?3 * ((next_check_due - ?2 - 1) / ?3) "
-                        "WHERE provider = ?1 AND next_check_due > ?2 + ?3");
+                        "WHERE provider = ?1 AND next_check_due > ?2 + ?3 "
+                        "AND consecutive_failures = 0");
     q.bind(1, text_of(to_string(provider)));
     q.bind(2, static_cast<int64_t>(to_unix(now)));
     q.bind(3, static_cast<int64_t>(period.count()));

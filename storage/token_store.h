@@ -162,10 +162,11 @@ class TokenStore {
   // out, nor on any other failure.
   virtual Status begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) = 0;
 
-  // After the wall clock stepped back: moves every check of `provider` due later than
-  // now + `period` back by whole periods into (now, now + period], keeping its time slot, so no
-  // check waits out the step. Idempotent (every process that sees the step may call it); leases
-  // and renewal times are left alone. Returns how many tokens moved.
+  // After the wall clock stepped back: moves the check of every healthy token of `provider` (no
+  // failure on record) due later than now + `period` back by whole periods into
+  // (now, now + period], keeping its time slot, so no check waits out the step. A failing
+  // token keeps its backoff or Retry-After. Idempotent (every process that sees the step may
+  // call it); leases and renewal times are left alone. Returns how many tokens moved.
   virtual Result<std::size_t> pull_in_checks(Provider provider, SysTime now, Seconds period) = 0;
 
   // Re-encrypts every secret sealed with an old key using the current key; returns how many

@@ -52,19 +52,26 @@ TimerFactory asio_timers(boost::asio::any_io_executor executor, const Clock& clo
 
 class ManualTimers::Timer final : public WakeTimer {
  public:
-  explicit Timer(std::shared_ptr<std::vector<Timer*>> live) : live_(std::move(live)) {
+  Timer(std::shared_ptr<std::vector<Timer*>> live, const Clock* clock)
+      : live_(std::move(live)), clock_(clock) {
     live_->push_back(this);
   }
   ~Timer() override { std::erase(*live_, this); }
   void arm(WallTime at, std::function<void()> fn) override {
     at_ = at;
+    if (clock_ != nullptr) steady_at_ = clock_->steady_now() + (at - clock_->system_now());
     fn_ = std::move(fn);
   }
   void cancel() override {
     at_.reset();
     fn_ = nullptr;
   }
-  std::optional<WallTime> at() const { return at_; }
+  // When it is due, as a wall-clock instant of the clock's present frame.
+  std::optional<WallTime> at() const {
+    if (!at_ || clock_ == nullptr) return at_;
+    const WallTime by_steady = clock_->system_now() + (steady_at_ - clock_->steady_now());
+    return std::min(*at_, by_steady);
+  }
   void fire() {
     auto fn = std::move(fn_);
     cancel();
@@ -73,12 +80,14 @@ class ManualTimers::Timer final : public WakeTimer {
 
  private:
   std::shared_ptr<std::vector<Timer*>> live_;
+  const Clock* clock_;
   std::optional<WallTime> at_;
+  std::chrono::steady_clock::time_point steady_at_{};
   std::function<void()> fn_;
 };
 
 TimerFactory ManualTimers::factory() {
-  return [live = live_] { return std::make_unique<Timer>(live); };
+  return [live = live_, clock = clock_] { return std::make_unique<Timer>(live, clock); };
 }
 
 std::optional<WallTime> ManualTimers::next_due() const {
@@ -87,16 +96,6 @@ std::optional<WallTime> ManualTimers::next_due() const {
     if (t->at() && (!best || *t->at() < *best)) best = t->at();
   }
   return best;
-}
-
-bool ManualTimers::fire_next() {
-  Timer* earliest = nullptr;
-  for (Timer* t : *live_) {
-    if (t->at() && (earliest == nullptr || *t->at() < *earliest->at())) earliest = t;
-  }
-  if (earliest == nullptr) return false;
-  earliest->fire();
-  return true;
 }
 
 int ManualTimers::fire_due(WallTime now) {

@@ -65,20 +65,22 @@ TimerFactory asio_timers(boost::asio::any_io_executor executor, const Clock& clo
                          Seconds max_sleep);
 
 // Timers a test fires by hand: make() hands out timers that only record their arming; the test
-// moves its FakeClock to next_due() and calls fire_due().
+// moves its FakeClock to next_due() and calls fire_due(). Given the clock, a timer is due like an
+// AsioWakeTimer: at the earlier of its wall-clock instant and the moment the steady clock has run
+// as long as that instant was ahead at arming (so a wall clock set back holds nothing back).
 class ManualTimers {
  public:
+  ManualTimers() = default;
+  explicit ManualTimers(const Clock& clock) : clock_(&clock) {}
   TimerFactory factory();
   // The earliest instant any live timer is armed for.
   std::optional<WallTime> next_due() const;
   // Fires every timer armed for `now` or earlier, earliest first; returns how many fired.
   int fire_due(WallTime now);
-  // Fires the earliest armed timer whatever its time, as AsioWakeTimer's steady-clock deadline
-  // does after the wall clock was set back; false when none is armed.
-  bool fire_next();
 
  private:
   class Timer;
+  const Clock* clock_ = nullptr;
   std::shared_ptr<std::vector<Timer*>> live_ = std::make_shared<std::vector<Timer*>>();
 };
 

@@ -127,6 +127,7 @@ struct Worker::Impl {
   // The wall clock minus the steady clock at the last pump: a change is a step of the wall clock.
   std::optional<Millis> wall_offset;
   bool pull_in_pending = false;  // a step back was seen; its pull-in has not succeeded yet
+  std::optional<SteadyTime> pull_in_retry_at;  // after a failed pull-in, not before then
   WorkerStats at_last_summary;
 
   WorkerStats& stats() { return worker.stats_; }
@@ -159,29 +160,43 @@ struct Worker::Impl {
   }
 
   // Due times are wall-clock instants. Set forward, work due by the new time is simply done now;
-  // set back by D, every due time would wait D longer, so checks are pulled into the coming
-  // period (renewals, days apart, are not). Small corrections (NTP slews, reading jitter) pass.
+  // set back by D, every due time would wait D longer, so the checks of healthy tokens are pulled
+  // into the coming period, in the store and in the jobs in hand (renewals, days apart, and
+  // failing tokens' retries keep their times). Small corrections (NTP slews, reading jitter)
+  // pass. Only a running daemon looks: a forced run is over in moments. A step while the daemon
+  // was down is not seen.
   void notice_wall_clock_steps() {
+    if (!running) return;
     constexpr Millis kTolerance{2000};
     const Millis offset =
         std::chrono::duration_cast<Millis>(clock.system_now().time_since_epoch()) -
         std::chrono::duration_cast<Millis>(clock.steady_now().time_since_epoch());
     if (wall_offset && offset - *wall_offset > kTolerance) {
-      log->warn("the wall clock was set forward by {}: work due by the new time is done now",
-                format_duration(std::chrono::round<Seconds>(offset - *wall_offset)));
+      // The steady clock stops while the machine is suspended: a resume looks the same.
+      log->warn(
+          "the wall clock moved {} ahead of the steady clock (set forward, or the machine was "
+          "suspended): work due by now is done now",
+          format_duration(std::chrono::round<Seconds>(offset - *wall_offset)));
     } else if (wall_offset && *wall_offset - offset > kTolerance) {
       log->warn(
-          "the wall clock was set back by {}: checks now more than a period ahead are "
-          "pulled in; renewals keep their times",
+          "the wall clock was set back by {}: checks now more than a period ahead are pulled into "
+          "the coming period; renewals and retries keep their times",
           format_duration(std::chrono::round<Seconds>(*wall_offset - offset)));
       pull_in_pending = true;
+      pull_in_retry_at.reset();
     }
     wall_offset = offset;
-    if (!pull_in_pending || !running) return;
+    if (!pull_in_pending) return;
+    const SteadyTime steady = clock.steady_now();
+    if (pull_in_retry_at && steady < *pull_in_retry_at) return;
+    // The jobs in hand first: each writes its record back when it ends.
+    for (auto& [id, job] : active)
+      scheduler.pull_in_check(job->job);
     auto moved = scheduler.pull_in_checks();
     if (!moved) {
-      log->error("cannot pull in checks after the wall clock was set back (retried): {}",
-                 moved.error().message());
+      log->error("cannot pull in checks after the wall clock was set back (retried in {}): {}",
+                 format_duration(options.scheduler.idle_poll), moved.error().message());
+      pull_in_retry_at = steady + options.scheduler.idle_poll;
       return;
     }
     pull_in_pending = false;

@@ -597,6 +597,7 @@ TEST_F(StoreTest, PullInChecksMovesOnlyChecksBeyondOnePeriodKeepingTheirSlot) {
     SysTime check;
     SysTime expected;
     Provider provider = Provider::kTikTok;
+    bool failing = false;  // backing off: keeps its time
   };
   const std::vector<Case> cases = {
       {"within", kStoreNow + 30min, kStoreNow + 30min},
@@ -605,11 +606,18 @@ TEST_F(StoreTest, PullInChecksMovesOnlyChecksBeyondOnePeriodKeepingTheirSlot) {
       {"far", kStoreNow + 7h + 20min, kStoreNow + 20min},
       {"far-exact", kStoreNow + 6h, kStoreNow + 1h},
       {"other-provider", kStoreNow + 7h + 20min, kStoreNow + 7h + 20min, Provider::kGoogle},
+      {"failing", kStoreNow + 3h, kStoreNow + 3h, Provider::kTikTok, true},
   };
   std::map<std::string, std::string> ids;
   for (const Case& c : cases) {
     auto r = store->upsert(new_token(c.account, c.provider), secrets("act.1", "rft.1"), kStoreNow,
-                           due_at(refresh, c.check));
+                           [&](TokenRecord& rec) {
+                             due_at(refresh, c.check)(rec);
+                             if (c.failing) {
+                               rec.state = TokenState::kFailing;
+                               rec.consecutive_failures = 3;
+                             }
+                           });
     ASSERT_TRUE(r.ok()) << r.error().message();
     ids[c.account] = r->record.id;
   }

@@ -1,6 +1,9 @@
 // Storage faults below SQLite: the real store on a VFS that fails writes (a full disk) or fsyncs
-// (an I/O error) on demand. A commit that fails stores nothing, says so as Errc::kStorage (which
-// the worker retries, holding the secrets), and the same save goes through once the disk is back.
+// (an I/O error) on demand. A commit that fails shows nothing of itself to the running processes,
+// says so as Errc::kStorage (which the worker retries, holding the secrets), is whole or absent
+// after a crash, and the same save goes through once the disk is back.
+#include <filesystem>
+
 #include <SQLiteCpp/Database.h>
 #include <gtest/gtest.h>
 
@@ -44,7 +47,7 @@ class StorageFaults : public ::testing::TestWithParam<FaultyVfs::Fault> {
   Key key_ = *Key::generate();
 };
 
-TEST_P(StorageFaults, AFailedCommitStoresNothingAndTheSameSaveWorksOnceTheDiskIsBack) {
+TEST_P(StorageFaults, AFailedCommitIsUnseenUntilRetriedAndWholeOrAbsentAfterACrash) {
   auto store = open(FaultyVfs::kName);
   ASSERT_TRUE(store);
   NewToken t{Provider::kTikTok, TokenKind::kRefreshToken, "ws", "acct", "", {}, {}};
@@ -60,11 +63,11 @@ TEST_P(StorageFaults, AFailedCommitStoresNothingAndTheSameSaveWorksOnceTheDiskIs
   const TokenRecord held = (*claimed)[0].record;
 
   // The attempt cannot be recorded: the request must not go out, and nothing was written.
-  expect_fails_under_fault(
+  ASSERT_NO_FATAL_FAILURE(expect_fails_under_fault(
       [&] {
         return store->begin_renewal({id, held.lease_generation}, "daemon", kFaultNow);
       },
-      "begin_renewal");
+      "begin_renewal"));
   EXPECT_FALSE((*store->find(id))->renewal_in_doubt_since);
   ASSERT_TRUE(store->begin_renewal({id, held.lease_generation}, "daemon", kFaultNow));
 
@@ -75,8 +78,8 @@ TEST_P(StorageFaults, AFailedCommitStoresNothingAndTheSameSaveWorksOnceTheDiskIs
   renewed.renewal_in_doubt_since.reset();
   const TokenSecrets fresh{Secret("act.2"), Secret("rft.2")};
   const TokenRecord before = **store->find(id);
-  expect_fails_under_fault(
-      [&] { return store->save(renewed, &fresh, "daemon", LeaseAction::kRelease); }, "save");
+  ASSERT_NO_FATAL_FAILURE(expect_fails_under_fault(
+      [&] { return store->save(renewed, &fresh, "daemon", LeaseAction::kRelease); }, "save"));
 
   // Nothing of it is visible: the old secrets, the lease still held, the attempt still in doubt.
   const TokenRecord after = **store->find(id);
@@ -88,12 +91,43 @@ TEST_P(StorageFaults, AFailedCommitStoresNothingAndTheSameSaveWorksOnceTheDiskIs
   EXPECT_FALSE(after.last_refreshed_at);
   EXPECT_EQ(store->read_secrets(after)->refresh_token.reveal(), "rft.1");
   {
-    // Nor to another process, which reads the file and its WAL afresh.
+    // Nor to another process now.
     auto other = open("");
     ASSERT_TRUE(other);
     const TokenRecord seen = **other->find(id);
     EXPECT_EQ(seen.lease_owner, "daemon");
     EXPECT_EQ(other->read_secrets(seen)->refresh_token.reveal(), "rft.1");
+  }
+  {
+    // Were the process to crash now, recovery from the file and its WAL (a copy without the
+    // shared-memory index, so recovery runs) finds the commit whole or not at all: a full disk
+    // wrote nothing; a failed fsync may have left every frame of it, commit mark included.
+    // Either way is safe: the old pair with the attempt in doubt, or the new pair.
+    const std::string crashed = dir_.file("crashed");
+    std::filesystem::create_directory(crashed);
+    for (const char* suffix : {"", "-wal"}) {
+      std::filesystem::copy_file(dir_.file("tokens.db") + suffix, crashed + "/tokens.db" + suffix);
+      std::filesystem::permissions(
+          crashed + "/tokens.db" + suffix,
+          std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    }
+    auto recovered = SqliteTokenStore::open(crashed + "/tokens.db", 200ms, Cipher(KeyRing(key_)));
+    ASSERT_TRUE(recovered.ok()) << recovered.error().message();
+    const TokenRecord r = **(*recovered)->find(id);
+    const std::string refresh((*recovered)->read_secrets(r)->refresh_token.reveal());
+    if (refresh == "rft.1") {
+      EXPECT_EQ(r.lease_owner, "daemon");
+      EXPECT_EQ(r.renewal_in_doubt_since, kFaultNow);
+      EXPECT_FALSE(r.last_refreshed_at);
+    } else {
+      EXPECT_EQ(refresh, "rft.2");
+      EXPECT_TRUE(r.lease_owner.empty());
+      EXPECT_FALSE(r.renewal_in_doubt_since);
+      EXPECT_EQ(r.last_refreshed_at, kFaultNow);
+    }
+    if (GetParam() == FaultyVfs::Fault::kDiskFull) {
+      EXPECT_EQ(refresh, "rft.1") << "a full disk wrote nothing";
+    }
   }
 
   // The worker retries the same save, still holding the lease and the secrets: it goes through.

@@ -128,7 +128,9 @@ class FaultyVfs {
     table.xDeviceCharacteristics = [](sqlite3_file* f) {
       return real(f)->pMethods->xDeviceCharacteristics(real(f));
     };
-    if (table.iVersion >= 2) {
+    // Optional methods stay absent where the real table has none (a file without shared memory
+    // must not look WAL-capable).
+    if (table.iVersion >= 2 && table.xShmMap != nullptr) {
       table.xShmMap = [](sqlite3_file* f, int region, int size, int extend, void volatile** out) {
         return real(f)->pMethods->xShmMap(real(f), region, size, extend, out);
       };
@@ -140,7 +142,7 @@ class FaultyVfs {
         return real(f)->pMethods->xShmUnmap(real(f), del);
       };
     }
-    if (table.iVersion >= 3) {
+    if (table.iVersion >= 3 && table.xFetch != nullptr) {
       table.xFetch = [](sqlite3_file* f, sqlite3_int64 off, int n, void** out) {
         return real(f)->pMethods->xFetch(real(f), off, n, out);
       };

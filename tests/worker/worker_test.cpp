@@ -158,7 +158,7 @@ class WorkerTest : public ::testing::Test {
   FakeProvider tiktok_{Provider::kTikTok, io_};
   std::ostringstream log_lines_;
   std::shared_ptr<spdlog::logger> log_;
-  ManualTimers timers_;
+  ManualTimers timers_{clock_};  // due like AsioWakeTimers: on the wall or the steady clock
   std::unique_ptr<Worker> worker_;
 };
 
@@ -803,24 +803,32 @@ TEST_F(WorkerTest, AReclaimedTokenAlreadyInHandIsNotWorkedTwice) {
   EXPECT_EQ(worker.stats().results_dropped, 0u);
 }
 
-// The wall clock set back six hours, then forward a day, under a running worker: checks go on
-// every hour through both (those a step back put six hours ahead are pulled in), a token whose
-// provider is failing keeps backing off, and no token is ever failed for the clock.
+// The wall clock set back six hours, then forward a day, under a running worker. Checks go on
+// every hour through both: those the step back put six hours ahead are pulled in, in the store
+// and in the job in hand (a renewal on the wire at the step). Failing tokens keep their backoff
+// and Retry-After, and no token is failed for the clock.
 TEST_F(WorkerTest, TheWallClockSetBackThenForwardNeverStallsChecksNorFailsAToken) {
   build();
   std::vector<std::string> ids;
   for (int i = 0; i < 6; ++i)
     ids.push_back(add("acct-" + std::to_string(i)));
-  const std::string flaky = add("flaky");
+  const std::string flaky = add("flaky");          // 503s: backs off
+  const std::string throttled = add("throttled");  // 429 with Retry-After: 3 hours
   std::map<std::string, int> checks;
-  std::vector<SysTime> flaky_attempts;
+  std::vector<SysTime> flaky_attempts, throttled_attempts;
   tiktok_.set_reply([&](Operation op, const TokenRecord& r, const TokenSecrets&) {
     if (r.id == flaky) {
       flaky_attempts.push_back(clock_.now());
       return Outcome::failed(op, ErrorClass::kTransient, "HTTP 503");
     }
+    if (r.id == throttled) {
+      throttled_attempts.push_back(clock_.now());
+      Outcome o = Outcome::failed(op, ErrorClass::kTransient, "HTTP 429");
+      o.failure.retry_after = Seconds{3 * 3600};
+      return o;
+    }
     if (op == Operation::kCheck) ++checks[r.id];
-    return Outcome::success(op);
+    return renewed(op, 1);
   });
   worker_->start();
   run_until(kWorkerStart + 3h);
@@ -832,45 +840,44 @@ TEST_F(WorkerTest, TheWallClockSetBackThenForwardNeverStallsChecksNorFailsAToken
               flaky_attempts[i - 1] - flaky_attempts[i - 2])
         << "backing off";
   }
+  ASSERT_EQ(throttled_attempts.size(), 1u) << "waits out its Retry-After";
 
-  // Fires the worker's pending wake as AsioWakeTimer would after a step: on the steady clock, as
-  // long after the step as it was armed ahead of it.
-  auto fire_pending_wake = [&](WallTime before_step) {
-    const auto next = timers_.next_due();
-    ASSERT_TRUE(next);
-    clock_.advance(std::max(*next - before_step, WallTime::duration::zero()));
-    ASSERT_TRUE(timers_.fire_next());
-    settle();
-  };
-
-  // Back six hours.
+  // A renewal goes out and is on the wire when the wall clock is set back six hours.
+  tiktok_.hold(true);
+  const std::string renewing = add("renewing", std::nullopt);  // no known expiry: renewed now
+  run_until(clock_.now() + 1min);
+  ASSERT_TRUE(tiktok_.holding(renewing));
   std::map<std::string, int> before = checks;
-  WallTime step_at = clock_.system_now();
-  clock_.set_system(step_at - 6h);
-  fire_pending_wake(step_at);
+  const std::size_t throttled_before = throttled_attempts.size();
+  clock_.set_system(clock_.system_now() - 6h);
+  run_until(clock_.now() + 1min);  // the worker wakes on the steady clock and sees the step
+  EXPECT_NE(log_lines_.str().find("the wall clock was set back by 6h"), std::string::npos);
+  tiktok_.hold(false);
+  tiktok_.release_held();
   run_until(clock_.now() + 2h);
   for (const auto& id : ids) {
     EXPECT_GE(checks[id] - before[id], 2) << id << ": checked every hour after the step back";
     EXPECT_EQ(get(id).state, TokenState::kActive) << id;
   }
-  EXPECT_NE(log_lines_.str().find("the wall clock was set back by 6h"), std::string::npos);
+  EXPECT_GE(checks[renewing], 1) << "the job in hand at the step was pulled in too";
+  EXPECT_EQ(throttled_attempts.size(), throttled_before) << "its Retry-After is not cut short";
 
   // Forward a day: what came due is done now, and the hourly checks go on.
   before = checks;
-  step_at = clock_.system_now();
-  clock_.set_system(step_at + 24h);
-  fire_pending_wake(step_at);
+  clock_.set_system(clock_.system_now() + 24h);
   run_until(clock_.now() + 2h);
   for (const auto& id : ids) {
     EXPECT_GE(checks[id] - before[id], 2) << id << ": checked every hour after the step forward";
     EXPECT_EQ(get(id).state, TokenState::kActive) << id;
   }
-  EXPECT_NE(log_lines_.str().find("the wall clock was set forward by 1d"), std::string::npos);
+  EXPECT_NE(log_lines_.str().find("the wall clock moved 1d ahead of the steady clock"),
+            std::string::npos);
+  EXPECT_GT(throttled_attempts.size(), throttled_before) << "retried once due";
 
-  // The failing token was retried throughout and is only failing.
-  EXPECT_GE(flaky_attempts.size(), 6u);
-  EXPECT_EQ(get(flaky).state, TokenState::kFailing);
-  EXPECT_GE(get(flaky).consecutive_failures, 4);
+  // The failing tokens were only ever failing.
+  for (const std::string& id : {flaky, throttled}) {
+    EXPECT_EQ(get(id).state, TokenState::kFailing) << id;
+  }
   EXPECT_EQ(worker_->stats().results_dropped, 0u);
 }
 
