@@ -33,6 +33,14 @@ std::string short_sha256(std::string_view data) {
   return to_hex(std::span<const unsigned char>(digest, std::min(len, 6u)));
 }
 
+// Replaces every occurrence of `secret` in `text` with "***".
+void mask_secret(std::string& text, const Secret& secret) {
+  if (secret.empty()) return;
+  for (std::size_t pos; (pos = text.find(secret.reveal())) != std::string::npos;) {
+    text.replace(pos, secret.size(), "***");
+  }
+}
+
 }  // namespace
 
 HttpRequest get(const std::string& url, const std::vector<Param>& params) {
@@ -185,10 +193,7 @@ bool access_token_stale(const TokenRecord& token, const TokenSecrets& secrets, S
 std::string scrub(std::string_view text, std::initializer_list<const Secret*> secrets) {
   std::string out(text);
   for (const Secret* s : secrets) {
-    if (s == nullptr || s->size() < 8) continue;
-    for (std::size_t pos; (pos = out.find(s->reveal())) != std::string::npos;) {
-      out.replace(pos, s->size(), "***");
-    }
+    if (s != nullptr && s->size() >= 8) mask_secret(out, *s);
   }
   out = one_line(out);
   constexpr std::size_t kMax = 200;
@@ -199,16 +204,10 @@ std::string scrub(std::string_view text, std::initializer_list<const Secret*> se
 std::function<void(Outcome)> masking(std::function<void(Outcome)> done,
                                      std::vector<Secret> secrets) {
   return [done = std::move(done), secrets = std::move(secrets)](Outcome o) {
-    auto mask = [&](std::string& text) {
-      for (const Secret& s : secrets) {
-        if (s.empty()) continue;
-        for (std::size_t pos; (pos = text.find(s.reveal())) != std::string::npos;) {
-          text.replace(pos, s.size(), "***");
-        }
-      }
-    };
-    mask(o.failure.message);
-    mask(o.note);
+    for (const Secret& s : secrets) {
+      mask_secret(o.failure.message, s);
+      mask_secret(o.note, s);
+    }
     done(std::move(o));
   };
 }
