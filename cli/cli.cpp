@@ -6,6 +6,7 @@
 #include <memory>
 #include <ostream>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
@@ -107,6 +108,26 @@ Status check_secret(std::string_view what, std::string_view s) {
   return Ok();
 }
 
+// Whether `s` holds what a token of `kind` needs, as printable ASCII; `access_where` and
+// `refresh_where` say where each was expected, for the message.
+Status validate_secrets(const TokenSecrets& s, TokenKind kind, std::string_view access_where,
+                        std::string_view refresh_where) {
+  if (auto st = check_secret("the access token", s.access_token.reveal()); !st) return st.error();
+  if (auto st = check_secret("the refresh token", s.refresh_token.reveal()); !st) {
+    return st.error();
+  }
+  if (s.access_token.empty() && s.refresh_token.empty()) return usage("no token given");
+  if (kind_needs_refresh_secret(kind) && s.refresh_token.empty()) {
+    return usage("a " + std::string(to_string(kind)) + " needs its refresh token " +
+                 std::string(refresh_where));
+  }
+  if (kind != TokenKind::kRefreshToken && s.access_token.empty()) {
+    return usage("a " + std::string(to_string(kind)) + " needs its access token " +
+                 std::string(access_where));
+  }
+  return Ok();
+}
+
 // Reads the secrets for `kind` from stdin: either two lines (access token, then refresh token,
 // which may be empty or absent) or a JSON object {"access_token": .., "refresh_token": ..}.
 Result<TokenSecrets> read_stdin_secrets(CliEnv& env, TokenKind kind) {
@@ -165,18 +186,11 @@ Result<TokenSecrets> read_stdin_secrets(CliEnv& env, TokenKind kind) {
     if (!lines.empty()) out.access_token = Secret::take(lines[0]);
     if (lines.size() == 2) out.refresh_token = Secret::take(lines[1]);
   }
-  if (auto st = check_secret("the access token", out.access_token.reveal()); !st) return st.error();
-  if (auto st = check_secret("the refresh token", out.refresh_token.reveal()); !st) {
-    return st.error();
-  }
   if (out.access_token.empty() && out.refresh_token.empty()) return usage("no token on stdin");
-  if (kind_needs_refresh_secret(kind) && out.refresh_token.empty()) {
-    return usage("a " + std::string(to_string(kind)) +
-                 " needs its refresh token on the second line of stdin");
-  }
-  if (kind != TokenKind::kRefreshToken && out.access_token.empty()) {
-    return usage("a " + std::string(to_string(kind)) +
-                 " needs its access token on the first line of stdin");
+  if (auto st =
+          validate_secrets(out, kind, "on the first line of stdin", "on the second line of stdin");
+      !st) {
+    return st.error();
   }
   return out;
 }
@@ -327,7 +341,20 @@ struct AddArgs {
   std::string provider, kind, workspace, account, scopes, expires_at, refresh_expires_at;
 };
 
-Result<NewToken> parse_add(const AddArgs& a, SysTime now) {
+// What the fields of a token are called where they come from, for messages.
+struct FieldNames {
+  const char* workspace;
+  const char* account;
+  const char* scopes;
+  const char* expires_at;
+  const char* refresh_expires_at;
+};
+constexpr FieldNames kFlagNames{"--workspace", "--account", "--scopes", "--expires-at",
+                                "--refresh-expires-at"};
+constexpr FieldNames kJsonNames{"workspace_id", "account_id", "scopes", "expires_at",
+                                "refresh_expires_at"};
+
+Result<NewToken> parse_add(const AddArgs& a, SysTime now, const FieldNames& names = kFlagNames) {
   NewToken t;
   auto provider = parse_provider(a.provider);
   if (!provider) {
@@ -345,22 +372,22 @@ Result<NewToken> parse_add(const AddArgs& a, SysTime now) {
   }
   t.provider = *provider;
   t.kind = *kind;
-  if (auto st = check_field("--workspace", a.workspace); !st) return st.error();
-  if (auto st = check_field("--account", a.account); !st) return st.error();
+  if (auto st = check_field(names.workspace, a.workspace); !st) return st.error();
+  if (auto st = check_field(names.account, a.account); !st) return st.error();
   if (!a.scopes.empty()) {
-    if (auto st = check_field("--scopes", a.scopes, 4096); !st) return st.error();
+    if (auto st = check_field(names.scopes, a.scopes, 4096); !st) return st.error();
   }
   t.workspace_id = a.workspace;
   t.account_id = a.account;
   t.scopes = a.scopes;
   if (!a.expires_at.empty()) {
     auto e = parse_time(a.expires_at, now);
-    if (!e) return usage("--expires-at: " + e.error().message());
+    if (!e) return usage(std::string(names.expires_at) + ": " + e.error().message());
     t.expires_at = *e;
   }
   if (!a.refresh_expires_at.empty()) {
     auto e = parse_time(a.refresh_expires_at, now);
-    if (!e) return usage("--refresh-expires-at: " + e.error().message());
+    if (!e) return usage(std::string(names.refresh_expires_at) + ": " + e.error().message());
     t.refresh_expires_at = *e;
   }
   return t;
@@ -417,6 +444,143 @@ int cmd_add(Invocation& inv, const AddArgs& args) {
       inv.env.err << "tokenwarden: warning: provider " << to_string(r.provider)
                   << " is not enabled in " << config.source
                   << ": the daemon will not renew or check this token until it is\n";
+    }
+    return kExitOk;
+  });
+}
+
+struct ImportArgs {
+  std::string provider, kind, workspace;
+  std::size_t batch = 1000;
+  bool check_now = false;
+};
+
+// One line of an import: a JSON object whose string fields override `defaults`; expiry times are
+// a number (Unix seconds), a string in --expires-at's formats, or null. Keys it does not know are
+// added to `ignored`. The line's secrets are moved out of the parsed document and wiped there.
+Result<TokenImport> parse_import_line(std::string& line, const AddArgs& defaults, SysTime now,
+                                      std::set<std::string>& ignored) {
+  auto doc = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  wipe(line);
+  if (doc.is_discarded() || !doc.is_object()) return usage("not a JSON object");
+  AddArgs a = defaults;
+  TokenImport out;
+  std::optional<Error> bad;
+  for (auto& [key, value] : doc.items()) {
+    std::string* field = key == "provider"             ? &a.provider
+                         : key == "kind"               ? &a.kind
+                         : key == "workspace_id"       ? &a.workspace
+                         : key == "account_id"         ? &a.account
+                         : key == "scopes"             ? &a.scopes
+                         : key == "expires_at"         ? &a.expires_at
+                         : key == "refresh_expires_at" ? &a.refresh_expires_at
+                                                       : nullptr;
+    if (key == "access_token" || key == "refresh_token") {
+      if (!value.is_string()) {
+        bad = usage(key + " must be a string");
+        continue;
+      }
+      auto& text = value.get_ref<std::string&>();
+      (key == "access_token" ? out.secrets.access_token : out.secrets.refresh_token) =
+          Secret::take(text);
+    } else if (field == nullptr) {
+      ignored.insert(key);
+    } else if (value.is_null()) {
+      field->clear();
+    } else if (value.is_number_integer() && field == &a.expires_at) {
+      a.expires_at = "@" + std::to_string(value.get<std::int64_t>());
+    } else if (value.is_number_integer() && field == &a.refresh_expires_at) {
+      a.refresh_expires_at = "@" + std::to_string(value.get<std::int64_t>());
+    } else if (value.is_string()) {
+      *field = value.get<std::string>();
+    } else {
+      bad = usage(key + " must be a string");
+    }
+  }
+  if (bad) return *bad;
+  if (a.provider.empty() || a.kind.empty()) {
+    return usage("provider and kind are required (in the line, or --provider and --kind)");
+  }
+  auto token = parse_add(a, now, kJsonNames);
+  if (!token) return token.error();
+  out.token = std::move(*token);
+  if (auto st = validate_secrets(out.secrets, out.token.kind, "(access_token)", "(refresh_token)");
+      !st) {
+    return st.error();
+  }
+  return out;
+}
+
+int cmd_import(Invocation& inv, const ImportArgs& args) {
+  const SysTime now = inv.clock.now();
+  AddArgs defaults;
+  defaults.provider = args.provider;
+  defaults.kind = args.kind;
+  defaults.workspace = args.workspace;
+  return with_store(inv, OpenMode::kCreate, [&](const Config& config, SqliteTokenStore& store) {
+    Policy policy = make_policy(config);
+    const ScheduleFn schedule = [&](TokenRecord& r) {
+      policy.schedule_new(r, now);
+      if (args.check_now && r.next_check_due) r.next_check_due = now;
+    };
+    std::set<std::string> ignored;
+    std::set<std::string> not_enabled;
+    std::size_t added = 0;
+    std::size_t reconnected = 0;
+    std::size_t line_no = 0;
+    std::size_t batch_first_line = 1;
+    std::vector<TokenImport> batch;
+    batch.reserve(args.batch);
+    auto commit = [&]() -> Status {
+      if (batch.empty()) return Ok();
+      auto results = store.upsert_batch(batch, now, schedule);
+      batch.clear();
+      if (!results) return results.error();
+      for (const UpsertResult& r : *results) {
+        ++(r.created ? added : reconnected);
+        if (!config.providers.enabled(r.record.provider)) {
+          not_enabled.insert(std::string(to_string(r.record.provider)));
+        }
+      }
+      return Ok();
+    };
+    auto stop = [&](const Error& e, std::string_view where) {
+      inv.env.err << "tokenwarden: error: " << where << e.message() << "\n"
+                  << "tokenwarden: " << added + reconnected << " tokens from lines before "
+                  << batch_first_line
+                  << " were imported; fix the input and import again (a token imported twice is "
+                     "reconnected, not duplicated)\n";
+      return exit_code_for(e);
+    };
+    std::string line;
+    while (std::getline(inv.env.in, line)) {
+      ++line_no;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      if (line.size() > kMaxStdin) {
+        wipe(line);
+        return stop(usage("longer than " + std::to_string(kMaxStdin) + " bytes"),
+                    "line " + std::to_string(line_no) + ": ");
+      }
+      auto item = parse_import_line(line, defaults, now, ignored);
+      if (!item) return stop(item.error(), "line " + std::to_string(line_no) + ": ");
+      batch.push_back(std::move(*item));
+      if (batch.size() >= args.batch) {
+        if (auto st = commit(); !st) return stop(st.error(), "");
+        batch_first_line = line_no + 1;
+      }
+    }
+    if (auto st = commit(); !st) return stop(st.error(), "");
+    inv.env.out << "imported " << added + reconnected << " tokens (" << added << " added, "
+                << reconnected << " reconnected) from " << line_no << " lines\n";
+    if (!ignored.empty()) {
+      std::string names;
+      for (const auto& k : ignored)
+        names += (names.empty() ? "" : ", ") + k;
+      inv.env.err << "tokenwarden: warning: ignored keys: " << names << "\n";
+    }
+    for (const auto& p : not_enabled) {
+      inv.env.err << "tokenwarden: warning: provider " << p << " is not enabled in "
+                  << config.source << ": the daemon leaves its tokens alone until it is\n";
     }
     return kExitOk;
   });
@@ -798,6 +962,26 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   add->add_option("--refresh-expires-at", add_args.refresh_expires_at,
                   "When the refresh token expires, same formats");
 
+  ImportArgs import_args;
+  auto* import = app.add_subcommand(
+      "import",
+      "Add or reconnect many tokens from stdin: one JSON object per line, with the keys\n"
+      "provider, kind, workspace_id, account_id, access_token, refresh_token, and optionally\n"
+      "scopes, expires_at and refresh_expires_at (Unix seconds, or --expires-at's formats).\n"
+      "--provider, --kind and --workspace fill keys a line leaves out; other keys are ignored\n"
+      "(listed in a warning). Tokens are committed in batches: on a bad line the import stops,\n"
+      "says which tokens were stored, and can be run again (an imported token is reconnected).");
+  import->add_option("--provider", import_args.provider, "Default provider for every line");
+  import->add_option("--kind", import_args.kind, "Default kind for every line");
+  import->add_option("--workspace", import_args.workspace, "Default workspace for every line");
+  import->add_option("--batch", import_args.batch, "Tokens per transaction (one durable commit)")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  import->add_flag(
+      "--check-now", import_args.check_now,
+      "Health-check every imported token at once, not at its slot within the hour\n"
+      "(finds the dead ones of a migrated fleet now; the providers' rate limits apply)");
+
   ListArgs list_args;
   auto* list = app.add_subcommand("list",
                                   "List tokens: ids, state, due times, last error. "
@@ -900,6 +1084,7 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
 
   if (*keygen) return cmd_keygen(inv, key_out);
   if (*add) return cmd_add(inv, add_args);
+  if (*import) return cmd_import(inv, import_args);
   if (*list) return cmd_list(inv, list_args);
   if (*show) return cmd_show(inv, show_id, show_json);
   if (*remove) return cmd_remove(inv, remove_id);

@@ -65,8 +65,8 @@ Result<Job> Scheduler::claim(std::string_view id) {
   return Job{std::move(*r), renewable, true, std::nullopt};
 }
 
-Status Scheduler::record(Job& job, const Outcome& outcome, bool last) {
-  const SysTime now = clock_.now();
+TokenRecord Scheduler::recorded(const Job& job, const Outcome& outcome, bool last,
+                                SysTime now) const {
   TokenRecord next = job.record;
   const bool renewal = outcome.op == Operation::kRefresh;
   // New secrets are stored whatever the outcome; the store keeps a stored secret wherever the
@@ -116,14 +116,45 @@ Status Scheduler::record(Job& job, const Outcome& outcome, bool last) {
       next.next_check_due = job.record.lease_until;
     }
   }
-  if (auto st =
-          store_.save(next, secrets, owner_, last ? LeaseAction::kRelease : LeaseAction::kKeep);
-      !st) {
-    return st;
+  return next;
+}
+
+Status Scheduler::record(Job& job, const Outcome& outcome, bool last) {
+  const JobWrite w{&job, &outcome, last};
+  return std::move(write_all({&w, 1}).front());
+}
+
+std::vector<Status> Scheduler::write_all(std::span<const JobWrite> writes) {
+  const SysTime now = clock_.now();
+  std::vector<TokenRecord> next(writes.size());
+  std::vector<StoreWrite> store_writes(writes.size());
+  for (std::size_t i = 0; i < writes.size(); ++i) {
+    const JobWrite& w = writes[i];
+    StoreWrite& sw = store_writes[i];
+    if (w.outcome == nullptr) {
+      sw.kind = StoreWrite::Kind::kBeginRenewal;
+      sw.lease = {w.job->record.id, w.job->record.lease_generation};
+      sw.at = now;
+      continue;
+    }
+    next[i] = recorded(*w.job, *w.outcome, w.last, now);
+    sw.record = &next[i];
+    sw.new_secrets = w.outcome->secrets ? &*w.outcome->secrets : nullptr;
+    sw.lease_action = w.last ? LeaseAction::kRelease : LeaseAction::kKeep;
   }
-  job.record = std::move(next);
-  if (renewal) job.renewal_sent_at.reset();  // its result is recorded now
-  return Ok();
+  std::vector<Status> out = store_.write_batch(store_writes, owner_);
+  for (std::size_t i = 0; i < writes.size(); ++i) {
+    if (!out[i]) continue;
+    Job& job = *writes[i].job;
+    if (writes[i].outcome == nullptr) {
+      if (!job.renewal_sent_at) job.renewal_sent_at = now;
+      continue;
+    }
+    job.record = std::move(next[i]);
+    // A renewal's result is recorded now.
+    if (writes[i].outcome->op == Operation::kRefresh) job.renewal_sent_at.reset();
+  }
+  return out;
 }
 
 namespace {
@@ -139,13 +170,8 @@ TokenRecord keeping_doubt(const Job& job) {
 }  // namespace
 
 Status Scheduler::begin_renewal(Job& job) {
-  const SysTime now = clock_.now();
-  if (auto st = store_.begin_renewal({job.record.id, job.record.lease_generation}, owner_, now);
-      !st) {
-    return st;
-  }
-  if (!job.renewal_sent_at) job.renewal_sent_at = now;
-  return Ok();
+  const JobWrite w{&job, nullptr, false};
+  return std::move(write_all({&w, 1}).front());
 }
 
 Status Scheduler::postpone(Job& job, SysTime until) {

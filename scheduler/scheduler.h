@@ -8,6 +8,7 @@
 #pragma once
 
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,14 @@ struct Job {
   // When begin_renewal() recorded a renewal whose result has not been recorded yet: every write
   // of this job keeps the token in doubt from then on (a release at shutdown too).
   std::optional<SysTime> renewal_sent_at;
+};
+
+// One write of a batch (Scheduler::write_all): the outcome of a job's step, as record() writes
+// it, or, with no outcome, the start of the job's renewal, as begin_renewal() writes it.
+struct JobWrite {
+  Job* job = nullptr;
+  const Outcome* outcome = nullptr;
+  bool last = true;  // record(): whether the lease is released
 };
 
 class Scheduler {
@@ -64,6 +73,10 @@ class Scheduler {
   // remembers when in job.renewal_sent_at. The job's record is left as it was: it still tells
   // whether an earlier attempt was in doubt.
   Status begin_renewal(Job& job);
+  // record() and begin_renewal() of several jobs in one durable commit (TokenStore::write_batch):
+  // one Status per write, in order, with each write's meaning as above. A job changes only when
+  // its own write succeeded. A job must appear at most once.
+  std::vector<Status> write_all(std::span<const JobWrite> writes);
   // Puts the job's due operations off until `until` without counting a failure (the provider's
   // circuit is open, or the provider is not configured), and releases the lease.
   Status postpone(Job& job, SysTime until);
@@ -80,6 +93,9 @@ class Scheduler {
   Result<std::vector<std::string>> extend(const std::vector<LeaseRef>& leases);
 
  private:
+  // The record `outcome` leaves the job's token with (record()'s policy), due times included.
+  TokenRecord recorded(const Job& job, const Outcome& outcome, bool last, SysTime now) const;
+
   TokenStore& store_;
   const Policy& policy_;
   const Clock& clock_;

@@ -7,6 +7,7 @@
 #include <map>
 #include <span>
 #include <system_error>
+#include <unordered_map>
 
 #include <SQLiteCpp/Database.h>
 #include <SQLiteCpp/Exception.h>
@@ -277,11 +278,58 @@ Status prepare_file(const std::string& path, OpenMode mode) {
 
 }  // namespace
 
+// A prepared statement from the store's cache, borrowed for one call: its bindings are cleared
+// when it is handed out and it is reset when the handle goes, so that it never holds a read
+// snapshot open between calls. A statement already borrowed (a nested use of the same SQL) is
+// prepared afresh instead.
+class Cached {
+ public:
+  Cached(SQLite::Statement& shared, bool& borrowed) : q_(&shared), borrowed_(&borrowed) {
+    borrowed = true;
+  }
+  explicit Cached(std::unique_ptr<SQLite::Statement> own) : own_(std::move(own)), q_(own_.get()) {}
+  Cached(const Cached&) = delete;
+  Cached& operator=(const Cached&) = delete;
+  ~Cached() {
+    if (borrowed_ != nullptr) {
+      q_->tryReset();
+      *borrowed_ = false;
+    }
+  }
+  SQLite::Statement& operator*() const { return *q_; }
+
+ private:
+  std::unique_ptr<SQLite::Statement> own_;
+  SQLite::Statement* q_;
+  bool* borrowed_ = nullptr;
+};
+
 struct SqliteTokenStore::Impl {
   Impl(std::unique_ptr<SQLite::Database> d, Cipher c) : db(std::move(d)), cipher(std::move(c)) {}
 
   std::unique_ptr<SQLite::Database> db;
   Cipher cipher;
+  // Prepared statements by their SQL (declared after db: finalized before it closes). Parsing
+  // and planning an UPDATE costs more than running it.
+  struct CachedEntry {
+    std::unique_ptr<SQLite::Statement> statement;
+    bool borrowed = false;
+  };
+  std::unordered_map<std::string, CachedEntry> statements;
+
+  Cached cached(const std::string& sql) {
+    CachedEntry& e = statements[sql];
+    if (e.borrowed) return Cached(std::make_unique<SQLite::Statement>(*db, sql));
+    if (!e.statement) {
+      e.statement = std::make_unique<SQLite::Statement>(*db, sql);
+    } else {
+      e.statement->clearBindings();
+    }
+    return Cached(*e.statement, e.borrowed);
+  }
+
+  Result<UpsertResult> upsert_locked(const NewToken& token, const TokenSecrets& secrets,
+                                     SysTime now, const ScheduleFn& schedule);
 
   // Both secrets sealed for token `id`; an empty secret becomes an absent blob.
   Result<SealedPair> seal(const TokenSecrets& s, const std::string& id) {
@@ -311,7 +359,8 @@ struct SqliteTokenStore::Impl {
 
   Result<std::optional<TokenRecord>> select_by(const char* where, std::string_view key1,
                                                std::optional<std::string_view> key2 = {}) {
-    SQLite::Statement q(*db, std::string("SELECT ") + kColumns + " FROM tokens WHERE " + where);
+    Cached q_held = cached(std::string("SELECT ") + kColumns + " FROM tokens WHERE " + where);
+    SQLite::Statement& q = *q_held;
     q.bind(1, text_of(key1));
     if (key2) q.bind(2, text_of(*key2));
     if (!q.executeStep()) return std::optional<TokenRecord>();
@@ -323,7 +372,8 @@ struct SqliteTokenStore::Impl {
   // Fails unless `owner` still holds `lease` (same generation): the fence every write of a
   // worker's result goes through. Call inside the write transaction.
   Status check_lease(const LeaseRef& lease, std::string_view owner) {
-    SQLite::Statement q(*db, "SELECT lease_owner, lease_generation FROM tokens WHERE id = ?1");
+    Cached q_held = cached("SELECT lease_owner, lease_generation FROM tokens WHERE id = ?1");
+    SQLite::Statement& q = *q_held;
     q.bind(1, lease.id);
     if (!q.executeStep()) return Error(Errc::kNotFound, "token " + lease.id + " was removed");
     std::string holder = q.getColumn(0).isNull() ? "" : q.getColumn(0).getString();
@@ -366,7 +416,8 @@ struct SqliteTokenStore::Impl {
     }
     if (release_lease) sql += ", lease_owner = NULL, lease_until = NULL";
     sql += " WHERE id = ?1";
-    SQLite::Statement q(*db, sql);
+    Cached q_held = cached(sql);
+    SQLite::Statement& q = *q_held;
     q.bind(1, r.id);
     q.bind(2, r.scopes);
     bind_time(q, 3, r.expires_at);
@@ -395,10 +446,11 @@ struct SqliteTokenStore::Impl {
   }
 
   void insert(const TokenRecord& r, const SealedPair& sealed) {
-    SQLite::Statement q(*db,
-                        "INSERT INTO tokens (id, provider, kind, workspace_id, account_id, "
-                        "state, state_since, connected_at, created_at, updated_at) "
-                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+    Cached q_held = cached(
+        "INSERT INTO tokens (id, provider, kind, workspace_id, account_id, "
+        "state, state_since, connected_at, created_at, updated_at) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+    SQLite::Statement& q = *q_held;
     q.bind(1, r.id);
     q.bind(2, text_of(to_string(r.provider)));
     q.bind(3, text_of(to_string(r.kind)));
@@ -417,9 +469,10 @@ struct SqliteTokenStore::Impl {
   // moves its due times that were reached to the lease expiry: should the owner die, the token
   // comes due again by itself.
   void take_lease(TokenRecord& r, SysTime now, std::string_view owner, SysTime until) {
-    SQLite::Statement q(*db,
-                        "UPDATE tokens SET lease_owner = ?2, lease_until = ?3, "
-                        "lease_generation = lease_generation + 1 WHERE id = ?1");
+    Cached q_held = cached(
+        "UPDATE tokens SET lease_owner = ?2, lease_until = ?3, "
+        "lease_generation = lease_generation + 1 WHERE id = ?1");
+    SQLite::Statement& q = *q_held;
     q.bind(1, r.id);
     q.bind(2, text_of(owner));
     q.bind(3, static_cast<int64_t>(to_unix(until)));
@@ -432,12 +485,13 @@ struct SqliteTokenStore::Impl {
 
   // Moves the due times that were reached by `now` to `until`.
   void defer(const std::string& id, SysTime now, SysTime until) {
-    SQLite::Statement q(*db,
-                        "UPDATE tokens SET "
-                        "next_refresh_due = CASE WHEN next_refresh_due <= ?2 THEN ?3 "
-                        "ELSE next_refresh_due END, "
-                        "next_check_due = CASE WHEN next_check_due <= ?2 THEN ?3 "
-                        "ELSE next_check_due END WHERE id = ?1");
+    Cached q_held = cached(
+        "UPDATE tokens SET "
+        "next_refresh_due = CASE WHEN next_refresh_due <= ?2 THEN ?3 "
+        "ELSE next_refresh_due END, "
+        "next_check_due = CASE WHEN next_check_due <= ?2 THEN ?3 "
+        "ELSE next_check_due END WHERE id = ?1");
+    SQLite::Statement& q = *q_held;
     q.bind(1, id);
     q.bind(2, static_cast<int64_t>(to_unix(now)));
     q.bind(3, static_cast<int64_t>(to_unix(until)));
@@ -505,56 +559,82 @@ Result<std::unique_ptr<SqliteTokenStore>> SqliteTokenStore::open(const std::stri
   });
 }
 
+// Adds or reconnects one token; the caller holds the write transaction.
+Result<UpsertResult> SqliteTokenStore::Impl::upsert_locked(const NewToken& token,
+                                                           const TokenSecrets& secrets, SysTime now,
+                                                           const ScheduleFn& schedule) {
+  auto existing =
+      select_by("provider = ?1 AND account_id = ?2", to_string(token.provider), token.account_id);
+  if (!existing) return existing.error();
+  UpsertResult out;
+  TokenRecord& r = out.record;
+  out.created = !existing->has_value();
+  r.state = TokenState::kActive;
+  if (out.created) {
+    auto id = new_token_id();
+    if (!id) return id.error();
+    r.id = std::move(*id);
+    r.created_at = now;
+  } else {
+    // A reconnect: the same row, fresh secrets, a clean slate; an operator's `disable` stands.
+    // The generation bump below fences out a worker that is mid-refresh with the old secrets.
+    const TokenRecord& old = **existing;
+    r.id = old.id;
+    r.created_at = old.created_at;
+    r.last_checked_at = old.last_checked_at;
+    r.lease_generation = old.lease_generation + 1;
+    if (old.state == TokenState::kDisabled) r.state = TokenState::kDisabled;
+  }
+  r.provider = token.provider;
+  r.kind = token.kind;
+  r.workspace_id = token.workspace_id;
+  r.account_id = token.account_id;
+  r.scopes = token.scopes;
+  r.expires_at = token.expires_at;
+  r.refresh_expires_at = token.refresh_expires_at;
+  r.state_since = now;
+  r.connected_at = now;
+  r.updated_at = now;
+  r.has_access_token = !secrets.access_token.empty();
+  r.has_refresh_token = !secrets.refresh_token.empty();
+  schedule(r);
+
+  auto sealed = seal(secrets, r.id);
+  if (!sealed) return sealed.error();
+  if (out.created) {
+    insert(r, *sealed);
+  } else {
+    write_fields(r, &*sealed, Impl::Secrets::kReplace, true);
+    Cached fence_held = cached("UPDATE tokens SET lease_generation = ?2 WHERE id = ?1");
+    SQLite::Statement& fence = *fence_held;
+    fence.bind(1, r.id);
+    fence.bind(2, static_cast<int64_t>(r.lease_generation));
+    fence.exec();
+  }
+  return out;
+}
+
 Result<UpsertResult> SqliteTokenStore::upsert(const NewToken& token, const TokenSecrets& secrets,
                                               SysTime now, const ScheduleFn& schedule) {
   return guarded("adding token", [&]() -> Result<UpsertResult> {
     SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
-    auto existing = impl_->select_by("provider = ?1 AND account_id = ?2", to_string(token.provider),
-                                     token.account_id);
-    if (!existing) return existing.error();
-    UpsertResult out;
-    TokenRecord& r = out.record;
-    out.created = !existing->has_value();
-    r.state = TokenState::kActive;
-    if (out.created) {
-      auto id = new_token_id();
-      if (!id) return id.error();
-      r.id = std::move(*id);
-      r.created_at = now;
-    } else {
-      // A reconnect: the same row, fresh secrets, a clean slate; an operator's `disable` stands.
-      // The generation bump below fences out a worker that is mid-refresh with the old secrets.
-      const TokenRecord& old = **existing;
-      r.id = old.id;
-      r.created_at = old.created_at;
-      r.last_checked_at = old.last_checked_at;
-      r.lease_generation = old.lease_generation + 1;
-      if (old.state == TokenState::kDisabled) r.state = TokenState::kDisabled;
-    }
-    r.provider = token.provider;
-    r.kind = token.kind;
-    r.workspace_id = token.workspace_id;
-    r.account_id = token.account_id;
-    r.scopes = token.scopes;
-    r.expires_at = token.expires_at;
-    r.refresh_expires_at = token.refresh_expires_at;
-    r.state_since = now;
-    r.connected_at = now;
-    r.updated_at = now;
-    r.has_access_token = !secrets.access_token.empty();
-    r.has_refresh_token = !secrets.refresh_token.empty();
-    schedule(r);
+    auto out = impl_->upsert_locked(token, secrets, now, schedule);
+    if (!out) return out.error();
+    tx.commit();
+    return out;
+  });
+}
 
-    auto sealed = impl_->seal(secrets, r.id);
-    if (!sealed) return sealed.error();
-    if (out.created) {
-      impl_->insert(r, *sealed);
-    } else {
-      impl_->write_fields(r, &*sealed, Impl::Secrets::kReplace, true);
-      SQLite::Statement fence(*impl_->db, "UPDATE tokens SET lease_generation = ?2 WHERE id = ?1");
-      fence.bind(1, r.id);
-      fence.bind(2, static_cast<int64_t>(r.lease_generation));
-      fence.exec();
+Result<std::vector<UpsertResult>> SqliteTokenStore::upsert_batch(
+    std::span<const TokenImport> tokens, SysTime now, const ScheduleFn& schedule) {
+  return guarded("adding tokens", [&]() -> Result<std::vector<UpsertResult>> {
+    std::vector<UpsertResult> out;
+    out.reserve(tokens.size());
+    SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
+    for (const TokenImport& t : tokens) {
+      auto one = impl_->upsert_locked(t.token, t.secrets, now, schedule);
+      if (!one) return one.error();
+      out.push_back(std::move(*one));
     }
     tx.commit();
     return out;
@@ -571,7 +651,8 @@ Result<std::vector<TokenRecord>> SqliteTokenStore::list(const ListFilter& filter
                       " FROM tokens WHERE (?1 IS NULL OR provider = ?1) AND "
                       "(?2 IS NULL OR state = ?2) AND (?3 IS NULL OR workspace_id = ?3) "
                       "ORDER BY provider, workspace_id, account_id";
-    SQLite::Statement q(*impl_->db, sql);
+    Cached q_held = impl_->cached(sql);
+    SQLite::Statement& q = *q_held;
     if (filter.provider) q.bind(1, text_of(to_string(*filter.provider)));
     if (filter.state) q.bind(2, text_of(to_string(*filter.state)));
     if (filter.workspace_id) q.bind(3, *filter.workspace_id);
@@ -581,7 +662,8 @@ Result<std::vector<TokenRecord>> SqliteTokenStore::list(const ListFilter& filter
 
 Result<bool> SqliteTokenStore::remove(std::string_view id) {
   return guarded("removing token", [&]() -> Result<bool> {
-    SQLite::Statement q(*impl_->db, "DELETE FROM tokens WHERE id = ?1");
+    Cached q_held = impl_->cached("DELETE FROM tokens WHERE id = ?1");
+    SQLite::Statement& q = *q_held;
     q.bind(1, text_of(id));
     return q.exec() > 0;
   });
@@ -617,9 +699,10 @@ Result<std::vector<TokenRecord>> SqliteTokenStore::unnotified_reauth(std::size_t
 
 Result<bool> SqliteTokenStore::mark_reauth_notified(std::string_view id, SysTime state_since) {
   return guarded("recording a notice", [&]() -> Result<bool> {
-    SQLite::Statement q(*impl_->db,
-                        "UPDATE tokens SET reauth_notified_since = ?2 WHERE id = ?1 AND "
-                        "state_since = ?2 AND state IN ('needs_reauth', 'revoked')");
+    Cached q_held = impl_->cached(
+        "UPDATE tokens SET reauth_notified_since = ?2 WHERE id = ?1 AND "
+        "state_since = ?2 AND state IN ('needs_reauth', 'revoked')");
+    SQLite::Statement& q = *q_held;
     q.bind(1, text_of(id));
     q.bind(2, static_cast<int64_t>(to_unix(state_since)));
     return q.exec() > 0;
@@ -632,11 +715,12 @@ Result<std::size_t> SqliteTokenStore::pull_in_checks(Provider provider, SysTime 
   return guarded("pulling in checks", [&]() -> Result<std::size_t> {
     // due - period * ((due - now - 1) / period) lies in [now + 1, now + period] for every
     // due > now + period (integer division of positive numbers), on the same slot mod period.
-    SQLite::Statement q(*impl_->db,
-                        "UPDATE tokens SET next_check_due = next_check_due - "
-                        "?3 * ((next_check_due - ?2 - 1) / ?3) "
-                        "WHERE provider = ?1 AND next_check_due > ?2 + ?3 "
-                        "AND consecutive_failures = 0");
+    Cached q_held = impl_->cached(
+        "UPDATE tokens SET next_check_due = next_check_due - "
+        "?3 * ((next_check_due - ?2 - 1) / ?3) "
+        "WHERE provider = ?1 AND next_check_due > ?2 + ?3 "
+        "AND consecutive_failures = 0");
+    SQLite::Statement& q = *q_held;
     q.bind(1, text_of(to_string(provider)));
     q.bind(2, static_cast<int64_t>(to_unix(now)));
     q.bind(3, static_cast<int64_t>(period.count()));
@@ -646,9 +730,10 @@ Result<std::size_t> SqliteTokenStore::pull_in_checks(Provider provider, SysTime 
 
 Result<std::vector<StateCounts>> SqliteTokenStore::count_by_state() {
   return guarded("counting tokens", [&]() -> Result<std::vector<StateCounts>> {
-    SQLite::Statement q(*impl_->db,
-                        "SELECT provider, state, COUNT(*) FROM tokens GROUP BY provider, state "
-                        "ORDER BY provider, state");
+    Cached q_held = impl_->cached(
+        "SELECT provider, state, COUNT(*) FROM tokens GROUP BY provider, state "
+        "ORDER BY provider, state");
+    SQLite::Statement& q = *q_held;
     std::vector<StateCounts> out;
     while (q.executeStep()) {
       auto provider = parse_provider(q.getColumn(0).getString());
@@ -663,7 +748,8 @@ Result<std::vector<StateCounts>> SqliteTokenStore::count_by_state() {
 
 Result<TokenSecrets> SqliteTokenStore::read_secrets(const TokenRecord& record) {
   return guarded("reading secrets", [&]() -> Result<TokenSecrets> {
-    SQLite::Statement q(*impl_->db, "SELECT access_token, refresh_token FROM tokens WHERE id = ?1");
+    Cached q_held = impl_->cached("SELECT access_token, refresh_token FROM tokens WHERE id = ?1");
+    SQLite::Statement& q = *q_held;
     q.bind(1, record.id);
     if (!q.executeStep()) return Error(Errc::kNotFound, "token " + record.id + " does not exist");
     auto access = impl_->open(q, 0, record.id, kAccessField);
@@ -682,7 +768,8 @@ Result<std::optional<SysTime>> SqliteTokenStore::earliest_due(const ProviderSet&
 
 Result<std::optional<DueRef>> SqliteTokenStore::earliest_due_token(const ProviderSet& providers) {
   return guarded("finding the next due token", [&]() -> Result<std::optional<DueRef>> {
-    SQLite::Statement q(*impl_->db, due_query(providers, /*earliest_only=*/true));
+    Cached q_held = impl_->cached(due_query(providers, /*earliest_only=*/true));
+    SQLite::Statement& q = *q_held;
     if (!q.executeStep() || q.getColumn(1).isNull()) return std::optional<DueRef>();
     return std::optional<DueRef>(
         DueRef{q.getColumn(0).getString(), from_unix(q.getColumn(1).getInt64())});
@@ -698,7 +785,8 @@ Result<std::vector<DueToken>> SqliteTokenStore::claim_due(SysTime now, std::size
     // appears twice and is claimed once.
     std::vector<std::string> ids;
     {
-      SQLite::Statement q(*impl_->db, due_query(providers, /*earliest_only=*/false));
+      Cached q_held = impl_->cached(due_query(providers, /*earliest_only=*/false));
+      SQLite::Statement& q = *q_held;
       q.bind(1, static_cast<int64_t>(to_unix(now)));
       q.bind(2, static_cast<int64_t>(limit));
       while (q.executeStep() && ids.size() < limit) {
@@ -754,9 +842,10 @@ Result<std::vector<std::string>> SqliteTokenStore::extend_leases(
   return guarded("extending leases", [&]() -> Result<std::vector<std::string>> {
     SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
     const SysTime until = now + lease;
-    SQLite::Statement q(*impl_->db,
-                        "UPDATE tokens SET lease_until = ?4 WHERE id = ?1 AND lease_owner = ?2 "
-                        "AND lease_generation = ?3");
+    Cached q_held = impl_->cached(
+        "UPDATE tokens SET lease_until = ?4 WHERE id = ?1 AND lease_owner = ?2 "
+        "AND lease_generation = ?3");
+    SQLite::Statement& q = *q_held;
     std::vector<std::string> lost;
     for (const LeaseRef& l : leases) {
       q.bind(1, l.id);
@@ -777,38 +866,75 @@ Result<std::vector<std::string>> SqliteTokenStore::extend_leases(
 
 Status SqliteTokenStore::save(const TokenRecord& record, const TokenSecrets* new_secrets,
                               std::string_view owner, LeaseAction lease) {
-  // Seal before taking the write lock: the lock is held only for the write itself.
-  SealedPair sealed;
-  if (new_secrets != nullptr) {
-    auto s = impl_->seal(*new_secrets, record.id);
-    if (!s) return s.error();
-    sealed = std::move(*s);
-  }
-  return guarded("saving token " + record.id, [&]() -> Status {
-    SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
-    if (auto st = impl_->check_lease({record.id, record.lease_generation}, owner); !st) return st;
-    impl_->write_fields(record, &sealed,
-                        new_secrets != nullptr ? Impl::Secrets::kMerge : Impl::Secrets::kKeep,
-                        lease == LeaseAction::kRelease);
-    tx.commit();
-    return Ok();
-  });
+  StoreWrite w;
+  w.record = &record;
+  w.new_secrets = new_secrets;
+  w.lease_action = lease;
+  return std::move(write_batch({&w, 1}, owner).front());
 }
 
 Status SqliteTokenStore::begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) {
-  return guarded("recording a renewal attempt on " + lease.id, [&]() -> Status {
+  StoreWrite w;
+  w.kind = StoreWrite::Kind::kBeginRenewal;
+  w.lease = lease;
+  w.at = at;
+  return std::move(write_batch({&w, 1}, owner).front());
+}
+
+std::vector<Status> SqliteTokenStore::write_batch(std::span<const StoreWrite> writes,
+                                                  std::string_view owner) {
+  std::vector<Status> out(writes.size(), Ok());
+  // Seal before taking the write lock: the lock is held only for the writes themselves.
+  std::vector<SealedPair> sealed(writes.size());
+  for (std::size_t i = 0; i < writes.size(); ++i) {
+    const StoreWrite& w = writes[i];
+    if (w.kind != StoreWrite::Kind::kSave || w.new_secrets == nullptr) continue;
+    auto s = impl_->seal(*w.new_secrets, w.record->id);
+    if (!s) {
+      out[i] = s.error();
+    } else {
+      sealed[i] = std::move(*s);
+    }
+  }
+  const std::string what = writes.size() == 1
+                               ? (writes[0].kind == StoreWrite::Kind::kSave
+                                      ? "saving token " + writes[0].record->id
+                                      : "recording a renewal attempt on " + writes[0].lease.id)
+                               : "saving " + std::to_string(writes.size()) + " tokens";
+  Status st = guarded(what, [&]() -> Status {
     SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
-    if (auto st = impl_->check_lease(lease, owner); !st) return st;
-    // An earlier attempt still in doubt keeps its time: that is when the doubt began.
-    SQLite::Statement q(*impl_->db,
-                        "UPDATE tokens SET renewal_in_doubt_since = "
-                        "COALESCE(renewal_in_doubt_since, ?2) WHERE id = ?1");
-    q.bind(1, lease.id);
-    q.bind(2, static_cast<int64_t>(to_unix(at)));
-    q.exec();
+    for (std::size_t i = 0; i < writes.size(); ++i) {
+      if (!out[i]) continue;
+      const StoreWrite& w = writes[i];
+      if (w.kind == StoreWrite::Kind::kSave) {
+        const TokenRecord& record = *w.record;
+        if (auto lease = impl_->check_lease({record.id, record.lease_generation}, owner); !lease) {
+          out[i] = lease;
+          continue;
+        }
+        impl_->write_fields(record, &sealed[i],
+                            w.new_secrets != nullptr ? Impl::Secrets::kMerge : Impl::Secrets::kKeep,
+                            w.lease_action == LeaseAction::kRelease);
+      } else {
+        if (auto lease = impl_->check_lease(w.lease, owner); !lease) {
+          out[i] = lease;
+          continue;
+        }
+        // An earlier attempt still in doubt keeps its time: that is when the doubt began.
+        Cached q_held = impl_->cached(
+            "UPDATE tokens SET renewal_in_doubt_since = "
+            "COALESCE(renewal_in_doubt_since, ?2) WHERE id = ?1");
+        SQLite::Statement& q = *q_held;
+        q.bind(1, w.lease.id);
+        q.bind(2, static_cast<int64_t>(to_unix(w.at)));
+        q.exec();
+      }
+    }
     tx.commit();
     return Ok();
   });
+  if (!st) std::fill(out.begin(), out.end(), st);
+  return out;
 }
 
 Result<std::size_t> SqliteTokenStore::rekey() {
@@ -819,9 +945,10 @@ Result<std::size_t> SqliteTokenStore::rekey() {
     std::string after;
     for (;;) {
       SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
-      SQLite::Statement q(*impl_->db,
-                          "SELECT id, access_token, refresh_token FROM tokens WHERE id > ?1 "
-                          "ORDER BY id LIMIT ?2");
+      Cached q_held = impl_->cached(
+          "SELECT id, access_token, refresh_token FROM tokens WHERE id > ?1 "
+          "ORDER BY id LIMIT ?2");
+      SQLite::Statement& q = *q_held;
       q.bind(1, after);
       q.bind(2, kBatch);
       int seen = 0;
@@ -848,8 +975,9 @@ Result<std::size_t> SqliteTokenStore::rekey() {
         updates.emplace_back(after, std::move(*sealed));
       }
       for (auto& [id, sealed] : updates) {
-        SQLite::Statement u(
-            *impl_->db, "UPDATE tokens SET access_token = ?2, refresh_token = ?3 WHERE id = ?1");
+        Cached u_held =
+            impl_->cached("UPDATE tokens SET access_token = ?2, refresh_token = ?3 WHERE id = ?1");
+        SQLite::Statement& u = *u_held;
         u.bind(1, id);
         bind_blob(u, 2, sealed.access);
         bind_blob(u, 3, sealed.refresh);
@@ -866,10 +994,11 @@ Result<std::size_t> SqliteTokenStore::rekey() {
 Result<std::size_t> SqliteTokenStore::count_sealed_with_old_keys() {
   return guarded("counting secrets under old keys", [&]() -> Result<std::size_t> {
     // Envelope bytes 2..9 (1-based) are the key id.
-    SQLite::Statement q(*impl_->db,
-                        "SELECT COUNT(*) FROM tokens WHERE "
-                        "(access_token IS NOT NULL AND substr(access_token, 2, 8) != ?1) OR "
-                        "(refresh_token IS NOT NULL AND substr(refresh_token, 2, 8) != ?1)");
+    Cached q_held = impl_->cached(
+        "SELECT COUNT(*) FROM tokens WHERE "
+        "(access_token IS NOT NULL AND substr(access_token, 2, 8) != ?1) OR "
+        "(refresh_token IS NOT NULL AND substr(refresh_token, 2, 8) != ?1)");
+    SQLite::Statement& q = *q_held;
     const KeyId& id = impl_->cipher.keys().current().id();
     q.bind(1, id.data(), static_cast<int>(id.size()));
     q.executeStep();

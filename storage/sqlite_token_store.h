@@ -51,12 +51,16 @@ class SqliteTokenStore final : public TokenStore {
 
   Result<UpsertResult> upsert(const NewToken& token, const TokenSecrets& secrets, SysTime now,
                               const ScheduleFn& schedule) override;
+  Result<std::vector<UpsertResult>> upsert_batch(std::span<const TokenImport> tokens, SysTime now,
+                                                 const ScheduleFn& schedule) override;
   Result<std::optional<TokenRecord>> find(std::string_view id) override;
   Result<std::vector<TokenRecord>> list(const ListFilter& filter) override;
   Result<bool> remove(std::string_view id) override;
   Result<std::vector<StateCounts>> count_by_state() override;
   Result<std::vector<TokenRecord>> needing_reauth(std::size_t limit) override;
   Status begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) override;
+  std::vector<Status> write_batch(std::span<const StoreWrite> writes,
+                                  std::string_view owner) override;
   Result<std::vector<TokenRecord>> unnotified_reauth(std::size_t limit) override;
   Result<bool> mark_reauth_notified(std::string_view id, SysTime state_since) override;
   Result<std::size_t> pull_in_checks(Provider provider, SysTime now, Seconds period) override;

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,6 +40,12 @@ struct NewToken {
   std::string scopes;
   std::optional<SysTime> expires_at;
   std::optional<SysTime> refresh_expires_at;
+};
+
+// One token of a batch import: what `add` knows, with its secrets.
+struct TokenImport {
+  NewToken token;
+  TokenSecrets secrets;
 };
 
 struct UpsertResult {
@@ -84,6 +91,18 @@ struct LeaseRef {
 // Whether save() ends the lease or keeps it for a further operation on the same token.
 enum class LeaseAction { kKeep, kRelease };
 
+// One write of a batch (TokenStore::write_batch): a save() or a begin_renewal(). Pointers are
+// borrowed for the call.
+struct StoreWrite {
+  enum class Kind { kSave, kBeginRenewal };
+  Kind kind = Kind::kSave;
+  const TokenRecord* record = nullptr;               // kSave: what to write, under record's lease
+  const TokenSecrets* new_secrets = nullptr;         // kSave: as save()'s
+  LeaseAction lease_action = LeaseAction::kRelease;  // kSave
+  LeaseRef lease;                                    // kBeginRenewal: the lease held
+  SysTime at{};                                      // kBeginRenewal: when it goes out
+};
+
 // Sets the due times of a record that is about to be written.
 using ScheduleFn = std::function<void(TokenRecord&)>;
 
@@ -98,6 +117,12 @@ class TokenStore {
   // committed in one transaction. A secret that is empty is stored as absent.
   virtual Result<UpsertResult> upsert(const NewToken& token, const TokenSecrets& secrets,
                                       SysTime now, const ScheduleFn& schedule) = 0;
+  // upsert() of every token in `tokens`, in order, in one transaction and one durable commit:
+  // all of them are stored or, on failure, none. A later entry for the same (provider,
+  // account_id) reconnects the earlier one. Results are in the order of `tokens`.
+  virtual Result<std::vector<UpsertResult>> upsert_batch(std::span<const TokenImport> tokens,
+                                                         SysTime now,
+                                                         const ScheduleFn& schedule) = 0;
 
   // The token with this id, or nullopt.
   virtual Result<std::optional<TokenRecord>> find(std::string_view id) = 0;
@@ -161,6 +186,14 @@ class TokenStore {
   // Errc::kLeaseLost, writing nothing, unless `owner` holds `lease`; the request must then not go
   // out, nor on any other failure.
   virtual Status begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) = 0;
+
+  // Each write as save() or begin_renewal() would do it, all in one transaction and one durable
+  // commit (a sweep of many tokens costs one fsync per batch, not per token). Returns one Status
+  // per write, in order. A write whose lease is lost fails alone (Errc::kLeaseLost, or kNotFound
+  // when the token was removed), writing nothing; when the transaction itself fails (busy, I/O,
+  // disk full), every write fails with that error and nothing is stored.
+  virtual std::vector<Status> write_batch(std::span<const StoreWrite> writes,
+                                          std::string_view owner) = 0;
 
   // After the wall clock stepped back: moves the check of every healthy token of `provider` (no
   // failure on record) due later than now + `period` back by whole periods into

@@ -1,5 +1,6 @@
 #include "worker/worker.h"
 
+#include <algorithm>
 #include <deque>
 
 #include <boost/asio/post.hpp>
@@ -45,6 +46,15 @@ struct ActiveJob {
   std::size_t forced_index = 0;
 };
 using JobPtr = std::shared_ptr<ActiveJob>;
+
+// A write waiting for the next flush: a step's outcome, or (no outcome) a renewal attempt whose
+// request goes out with `secrets` once the attempt is on disk.
+struct PendingWrite {
+  JobPtr job;
+  std::optional<Outcome> outcome;
+  bool last = true;  // the outcome ends the job's lease (no check follows)
+  TokenSecrets secrets;
+};
 
 // One provider's client and its protections.
 struct Lane {
@@ -114,6 +124,9 @@ struct Worker::Impl {
   std::unique_ptr<WakeTimer> grace_timer;
 
   std::map<Provider, Lane> lanes;
+  std::vector<PendingWrite> pending;  // writes for the next flush()
+  bool flush_posted = false;
+  bool pump_posted = false;
   std::map<std::string, JobPtr> active;  // tokens in hand, by id: queued, in flight, committing
   std::deque<std::shared_ptr<Forced>> forced_batches;  // run_now() ids still to claim
   std::size_t requests = 0;                            // requests in flight
@@ -142,8 +155,8 @@ struct Worker::Impl {
     dispatch();
     claim_forced();
     const ProviderSet ready = running ? ready_providers() : ProviderSet{};
-    if (free_capacity() > 0 && !ready.empty()) {
-      auto jobs = scheduler.claim_due(free_capacity(), ready);
+    if (claim_room() > 0 && !ready.empty()) {
+      auto jobs = scheduler.claim_due(claim_room(), ready);
       if (!jobs) {
         log->error("cannot claim due tokens: {}", jobs.error().message());
         return arm(after(std::chrono::seconds(1)));
@@ -208,6 +221,15 @@ struct Worker::Impl {
     return active.size() >= limit ? 0 : limit - active.size();
   }
 
+  // How many due tokens to claim now: the free capacity once it is a quarter of max_in_flight
+  // (or nothing is in hand). A busy sweep then claims in batches, not one token per finished
+  // job: every claim is a durable commit.
+  std::size_t claim_room() const {
+    const std::size_t free = free_capacity();
+    const auto batch = static_cast<std::size_t>(std::max(1, options.max_in_flight / 4));
+    return free >= batch || active.empty() ? free : 0;
+  }
+
   // Providers whose breaker lets requests through and that no throttle holds back for long.
   ProviderSet ready_providers() const {
     const SteadyTime steady = clock.steady_now();
@@ -228,7 +250,7 @@ struct Worker::Impl {
     std::optional<WallTime> wake;
     if (running) wake = now + options.scheduler.idle_poll;
     auto consider = [&wake](WallTime t) { wake = wake ? std::min(*wake, t) : t; };
-    if (running && free_capacity() > 0 && !ready.empty()) {
+    if (running && claim_room() > 0 && !ready.empty()) {
       auto due = scheduler.next_wake(ready);
       if (!due) {
         log->error("cannot read the schedule: {}", due.error().message());
@@ -438,24 +460,40 @@ struct Worker::Impl {
     }
     // Crash safety: a renewal goes out only once the attempt is on disk, so that whatever happens
     // to the reply (a crash, a timeout), the next attempt knows the refresh token may have
-    // rotated.
+    // rotated. The attempt is written with the other writes of this turn (flush()).
     if (job->op == Operation::kRefresh && lane.client->renewal_rotates(r)) {
-      if (auto st = scheduler.begin_renewal(job->job); !st) {
-        settle_probe(lane, *job, nullptr);
-        const Errc code = st.error().code();
-        if (code == Errc::kLeaseLost || code == Errc::kNotFound) return drop_lost(job);
-        log->error("renewal of {} not sent: cannot record the attempt first: {}", r.id,
-                   st.error().message());
-        report_forced(*job, ForcedResult::Status::kFailed,
-                      "not sent: cannot record the attempt: " + st.error().message());
-        // A forced renewal leaves the schedule as it was; a scheduled one tries again soon.
-        if (job->forced) return release(job);
-        if (auto p = scheduler.postpone(job->job, clock.now() + kUnrecordedRenewalDelay); !p) {
-          log->warn("cannot put off {}: {} (its lease will expire)", r.id, p.error().message());
-        }
-        return finish(job);
-      }
+      job->busy = true;
+      pending.push_back(PendingWrite{job, std::nullopt, false, std::move(*secrets)});
+      return flush_soon();
     }
+    send(job, lane, *secrets);
+  }
+
+  // After flush(): the renewal attempt is on disk (`st` ok), so the request may go out.
+  void renewal_recorded(const JobPtr& job, const TokenSecrets& secrets, const Status& st) {
+    job->busy = false;
+    Lane& lane = lanes.at(job->job.record.provider);
+    const TokenRecord& r = job->job.record;
+    if (!st) {
+      settle_probe(lane, *job, nullptr);
+      const Errc code = st.error().code();
+      if (code == Errc::kLeaseLost || code == Errc::kNotFound) return drop_lost(job);
+      log->error("renewal of {} not sent: cannot record the attempt first: {}", r.id,
+                 st.error().message());
+      report_forced(*job, ForcedResult::Status::kFailed,
+                    "not sent: cannot record the attempt: " + st.error().message());
+      // A forced renewal leaves the schedule as it was; a scheduled one tries again soon.
+      if (job->forced) return release(job);
+      if (auto p = scheduler.postpone(job->job, clock.now() + kUnrecordedRenewalDelay); !p) {
+        log->warn("cannot put off {}: {} (its lease will expire)", r.id, p.error().message());
+      }
+      return finish(job);
+    }
+    send(job, lane, secrets);
+  }
+
+  void send(const JobPtr& job, Lane& lane, const TokenSecrets& secrets) {
+    const TokenRecord& r = job->job.record;
     ++requests;
     job->busy = true;
     auto on_done = [this, job](Outcome o) {
@@ -463,9 +501,9 @@ struct Worker::Impl {
       outcome(job, std::move(o));
     };
     if (job->op == Operation::kRefresh) {
-      lane.client->refresh(r, *secrets, std::move(on_done));
+      lane.client->refresh(r, secrets, std::move(on_done));
     } else {
-      lane.client->check(r, *secrets, std::move(on_done));
+      lane.client->check(r, secrets, std::move(on_done));
     }
   }
 
@@ -528,13 +566,59 @@ struct Worker::Impl {
     commit(job, std::move(o));
   }
 
-  // Commits `o`, retrying while the database refuses, then moves the job on.
+  // Queues `o` for the next flush(); committed() moves the job on once it is written.
   void commit(const JobPtr& job, Outcome o) {
     const bool dead = !o.ok && (o.failure.error_class == ErrorClass::kPermanent ||
                                 o.failure.error_class == ErrorClass::kRevoked);
     const bool check_follows =
         job->op == Operation::kRefresh && job->job.check_due && !dead && !stopping;
-    auto st = scheduler.record(job->job, o, !check_follows);
+    job->busy = true;
+    pending.push_back(PendingWrite{job, std::move(o), !check_follows, {}});
+    flush_soon();
+  }
+
+  // Writes everything queued this turn (outcomes and renewal attempts) in one durable commit,
+  // then moves each job on. Nothing of a job happens between its queueing and its write: a
+  // rotated secret is on disk before anything uses it, and a renewal goes out only once its
+  // attempt is. Outcomes of requests that finish together share one fsync.
+  void flush() {
+    flush_posted = false;
+    if (pending.empty()) return;
+    std::vector<PendingWrite> batch;
+    for (PendingWrite& w : pending) {
+      if (giving_up && !w.outcome) {
+        // Past the grace period no request goes out: the renewal is neither recorded nor sent.
+        log->warn("{} still in hand at exit: its lease will expire", w.job->job.record.id);
+        finish(w.job);
+        continue;
+      }
+      batch.push_back(std::move(w));
+    }
+    pending.clear();
+    if (batch.empty()) return;
+    std::vector<JobWrite> writes;
+    writes.reserve(batch.size());
+    for (PendingWrite& w : batch)
+      writes.push_back(JobWrite{&w.job->job, w.outcome ? &*w.outcome : nullptr, w.last});
+    const std::vector<Status> results = scheduler.write_all(writes);
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      PendingWrite& w = batch[i];
+      if (w.outcome) {
+        committed(w.job, std::move(*w.outcome), !w.last, results[i]);
+      } else {
+        renewal_recorded(w.job, w.secrets, results[i]);
+      }
+    }
+  }
+
+  void flush_soon() {
+    if (flush_posted) return;
+    flush_posted = true;
+    boost::asio::post(executor, [this] { flush(); });
+  }
+
+  // After flush(): `o` is stored (`st` ok), or is retried while the database refuses it.
+  void committed(const JobPtr& job, Outcome o, bool check_follows, const Status& st) {
     if (!st && retryable(st.error().code()) && !giving_up) {
       ++stats().commit_retries;
       log->error("cannot store the outcome for {} yet (retrying in {} ms{}): {}",
@@ -623,7 +707,12 @@ struct Worker::Impl {
 
   // Runs pump() soon, not from inside a callback chain.
   void later() {
-    boost::asio::post(executor, [this] { pump(); });
+    if (pump_posted) return;
+    pump_posted = true;
+    boost::asio::post(executor, [this] {
+      pump_posted = false;
+      pump();
+    });
   }
 
   void count(const Outcome& o) {
@@ -800,6 +889,7 @@ struct Worker::Impl {
 
   void give_up() {
     giving_up = true;
+    flush();  // writes still queued get their last attempt now
     std::vector<JobPtr> left;
     for (const auto& [id, j] : active)
       left.push_back(j);
@@ -815,6 +905,7 @@ struct Worker::Impl {
         finish(j);
       }
     }
+    flush();
     active.clear();
     maybe_stopped();
   }

@@ -83,12 +83,12 @@ class Cli : public ::testing::Test {
 TEST_F(Cli, HelpDescribesEveryCommandAndTheExitCodes) {
   CliRun r = run({"--help"}, "", false);
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* word : {"keygen", "add", "list", "show", "remove", "rekey", "simulate", "run",
-                           "refresh", "check", "Exit codes", "78"}) {
+  for (const char* word : {"keygen", "add", "import", "list", "show", "remove", "rekey", "simulate",
+                           "run", "refresh", "check", "Exit codes", "78"}) {
     EXPECT_NE(r.out.find(word), std::string::npos) << word << "\n" << r.out;
   }
-  for (const char* cmd : {"keygen", "add", "list", "show", "remove", "disable", "enable", "rekey",
-                          "simulate", "run", "refresh", "check"}) {
+  for (const char* cmd : {"keygen", "add", "import", "list", "show", "remove", "disable", "enable",
+                          "rekey", "simulate", "run", "refresh", "check"}) {
     CliRun h = run({cmd, "--help"}, "", false);
     EXPECT_EQ(h.exit_code, 0) << cmd << h.err;
     EXPECT_NE(h.out.find("Usage"), std::string::npos) << cmd;
@@ -115,6 +115,69 @@ TEST_F(Cli, KeygenWritesAPrivateKeyAndNeverOverwrites) {
   EXPECT_EQ(again.exit_code, 2);
   EXPECT_NE(again.err.find("refusing to overwrite"), std::string::npos) << again.err;
   EXPECT_EQ(read_file(key_path()), before);
+}
+
+// A fleet moves in from another system: one JSON object per line, defaults from the flags, in
+// batches; a bad line stops the import, says what was stored, and a rerun reconnects.
+TEST_F(Cli, ImportAddsManyTokensInBatchesAndStopsAtABadLine) {
+  std::string lines;
+  for (int i = 0; i < 5; ++i) {
+    lines += R"({"account_id":"biz-)" + std::to_string(i) + R"(","access_token":"act.imp)" +
+             std::to_string(i) + R"(","refresh_token":"rft.imp)" + std::to_string(i) +
+             R"(","expires_at":1900000000,"open_id":"o"})" + "\n";
+  }
+  lines +=
+      "\n"
+      R"({"provider":"meta","kind":"page_token","account_id":"page-1",)"
+      R"("access_token":"EAApage","refresh_token":"EAAuser","expires_at":null})"
+      "\n";
+  CliRun r = run({"import", "--provider", "tiktok", "--kind", "business_token", "--workspace",
+                  "ws-9", "--batch", "2", "--check-now"},
+                 lines);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("imported 6 tokens (6 added, 0 reconnected) from 7 lines"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.err.find("ignored keys: open_id"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("act.imp"), std::string::npos);
+  EXPECT_EQ(r.err.find("act.imp"), std::string::npos);
+
+  CliRun listed = run({"list", "--json"});
+  auto rows = nlohmann::json::parse(listed.out);
+  ASSERT_EQ(rows.size(), 6u);
+  for (const auto& row : rows) {
+    EXPECT_EQ(row["workspace_id"], "ws-9");
+    if (row["provider"] == "tiktok") {
+      EXPECT_EQ(row["expires_at"], "2030-03-17T17:46:40Z");
+    }
+    // --check-now: every check is due at once, not at the token's slot in the hour.
+    const auto due = parse_time(row["next_check_due"].get<std::string>(), SysTime{});
+    ASSERT_TRUE(due.ok());
+    EXPECT_LE(std::chrono::abs(*due - std::chrono::system_clock::now()), std::chrono::minutes(1))
+        << row.dump();
+  }
+
+  // Line 3 is bad: lines 1-2 (one batch of 2) were stored, and the message says so.
+  std::string bad = lines.substr(0, lines.find('\n', lines.find('\n') + 1) + 1) +
+                    R"({"account_id":"biz-x","access_token":"has space"})" + "\n";
+  CliRun failed = run({"import", "--provider", "tiktok", "--kind", "business_token", "--workspace",
+                       "ws-9", "--batch", "2"},
+                      bad);
+  EXPECT_EQ(failed.exit_code, 2);
+  EXPECT_NE(failed.err.find("line 3: "), std::string::npos) << failed.err;
+  EXPECT_NE(failed.err.find("2 tokens from lines before 3 were imported"), std::string::npos)
+      << failed.err;
+  EXPECT_EQ(failed.err.find("has space"), std::string::npos) << "never echo a secret";
+  EXPECT_EQ(token_count(), 6u) << "the good lines were reconnected, not duplicated";
+
+  CliRun missing = run({"import"}, R"({"account_id":"x","access_token":"a"})"
+                                   "\n");
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_NE(missing.err.find("line 1: provider and kind are required"), std::string::npos)
+      << missing.err;
+  CliRun not_json = run({"import", "--provider", "meta", "--kind", "page_token"}, "{oops\n");
+  EXPECT_EQ(not_json.exit_code, 2);
+  EXPECT_NE(not_json.err.find("line 1: not a JSON object"), std::string::npos) << not_json.err;
 }
 
 TEST_F(Cli, AddListShowReconnectRemove) {

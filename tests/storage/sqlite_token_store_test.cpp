@@ -499,6 +499,92 @@ TEST_F(StoreTest, ARenewalAttemptIsRecordedUnderTheLeaseAndClearedBySave) {
   EXPECT_FALSE((*store->find(r.id))->renewal_in_doubt_since);
 }
 
+// One transaction for a sweep's writes: each write is fenced on its own, so a lost lease fails
+// only its write, and the others are all stored.
+TEST_F(StoreTest, AWriteBatchFencesEachWriteAlone) {
+  auto store = open(key_);
+  for (const char* a : {"a", "b", "c"}) {
+    ASSERT_TRUE(
+        store->upsert(new_token(a), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow)));
+  }
+  auto claimed = store->claim_due(kStoreNow, 3, "daemon", 1min, kAllProviders);
+  ASSERT_EQ(claimed->size(), 3u);
+  TokenRecord checked = (*claimed)[0].record;
+  checked.next_check_due = kStoreNow + 1h;
+  TokenRecord stale = (*claimed)[1].record;
+  stale.lease_generation -= 1;  // as if fenced out by a newer claim
+  const TokenRecord renewing = (*claimed)[2].record;
+  const TokenSecrets rotated = secrets("act.new", "rft.new");
+
+  std::vector<StoreWrite> writes(3);
+  writes[0].record = &checked;
+  writes[0].new_secrets = &rotated;
+  writes[1].record = &stale;
+  writes[2].kind = StoreWrite::Kind::kBeginRenewal;
+  writes[2].lease = {renewing.id, renewing.lease_generation};
+  writes[2].at = kStoreNow + 1s;
+  const std::vector<Status> out = store->write_batch(writes, "daemon");
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_TRUE(out[0].ok());
+  ASSERT_FALSE(out[1].ok());
+  EXPECT_EQ(out[1].error().code(), Errc::kLeaseLost);
+  EXPECT_TRUE(out[2].ok());
+
+  const TokenRecord a = **store->find(checked.id);
+  EXPECT_EQ(a.next_check_due, kStoreNow + 1h);
+  EXPECT_TRUE(a.lease_owner.empty()) << "kRelease is the default";
+  EXPECT_EQ(store->read_secrets(a)->refresh_token.reveal(), "rft.new");
+  EXPECT_EQ((*store->find(stale.id))->lease_owner, "daemon") << "the fenced write wrote nothing";
+  EXPECT_EQ((*store->find(renewing.id))->renewal_in_doubt_since, kStoreNow + 1s);
+}
+
+// Statements are prepared once and reused; a reused statement must never pin an old read
+// snapshot, or this connection would stop seeing other processes' writes.
+TEST_F(StoreTest, ReusedStatementsSeeOtherConnectionsWrites) {
+  auto store = open(key_);
+  auto other = open(key_);
+  const std::string id =
+      store->upsert(new_token("a"), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow))
+          ->record.id;
+  for (int i = 1; i <= 3; ++i) {
+    ASSERT_TRUE(store->find(id)->has_value());
+    ASSERT_EQ(store->list({})->size(), static_cast<std::size_t>(i));
+    ASSERT_TRUE(other->upsert(new_token("other-" + std::to_string(i)), secrets("x", "y"), kStoreNow,
+                              due_at(kStoreNow, kStoreNow)));
+    EXPECT_EQ(store->list({})->size(), static_cast<std::size_t>(i + 1)) << i;
+  }
+  EXPECT_EQ(store->claim_due(kStoreNow, 10, "daemon", 1min, kAllProviders)->size(), 4u);
+  ASSERT_TRUE(other->remove(id));
+  EXPECT_FALSE(store->find(id)->has_value());
+}
+
+TEST_F(StoreTest, ABatchUpsertIsAllOrNothing) {
+  auto store = open(key_);
+  std::vector<TokenImport> batch;
+  for (const char* a : {"a", "b", "a"})
+    batch.push_back({new_token(a), secrets(std::string("act.") + a, "rft")});
+  batch[2].secrets = secrets("act.a2", "rft.a2");
+  auto done = store->upsert_batch(batch, kStoreNow, due_at(kStoreNow + 1h, kStoreNow + 2h));
+  ASSERT_TRUE(done) << done.error().message();
+  ASSERT_EQ(done->size(), 3u);
+  EXPECT_TRUE((*done)[0].created);
+  EXPECT_TRUE((*done)[1].created);
+  EXPECT_FALSE((*done)[2].created) << "a repeat in the batch reconnects the first";
+  EXPECT_EQ((*done)[2].record.id, (*done)[0].record.id);
+  EXPECT_EQ(store->list({})->size(), 2u);
+  EXPECT_EQ(store->read_secrets((*done)[2].record)->access_token.reveal(), "act.a2");
+
+  // A batch the database refuses stores none of its tokens.
+  raw_exec(
+      "CREATE TRIGGER refuse_c BEFORE INSERT ON tokens WHEN NEW.account_id = 'c' "
+      "BEGIN SELECT RAISE(ABORT, 'refused'); END");
+  std::vector<TokenImport> refused;
+  for (const char* a : {"b2", "c"})
+    refused.push_back({new_token(a), secrets("x", "y")});
+  EXPECT_FALSE(store->upsert_batch(refused, kStoreNow, due_at(kStoreNow, kStoreNow)).ok());
+  EXPECT_EQ(store->list({})->size(), 2u) << "b2 was rolled back with c";
+}
+
 TEST_F(StoreTest, ExtendedLeasesKeepOtherWorkersOut) {
   auto store = open(key_);
   auto id =

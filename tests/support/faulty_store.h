@@ -2,6 +2,9 @@
 // worker does when the database is busy or the disk is full.
 #pragma once
 
+#include <algorithm>
+#include <vector>
+
 #include "storage/token_store.h"
 
 namespace tw::testing {
@@ -16,6 +19,9 @@ class FaultyStore final : public TokenStore {
     save_code_ = code;
   }
   int saves_refused() const { return saves_refused_; }
+  // Transactions of writes (write_batch) and claims (claim_due) seen so far.
+  int write_batches() const { return write_batches_; }
+  int claims() const { return claims_; }
   // The next `n` begin_renewal() calls fail with `code`.
   void fail_renewal_starts(int n, Errc code = Errc::kStorage) {
     renewal_start_failures_ = n;
@@ -27,6 +33,10 @@ class FaultyStore final : public TokenStore {
   Result<UpsertResult> upsert(const NewToken& t, const TokenSecrets& s, SysTime now,
                               const ScheduleFn& f) override {
     return inner_.upsert(t, s, now, f);
+  }
+  Result<std::vector<UpsertResult>> upsert_batch(std::span<const TokenImport> t, SysTime now,
+                                                 const ScheduleFn& f) override {
+    return inner_.upsert_batch(t, now, f);
   }
   Result<std::optional<TokenRecord>> find(std::string_view id) override { return inner_.find(id); }
   Result<std::vector<TokenRecord>> list(const ListFilter& f) override { return inner_.list(f); }
@@ -62,6 +72,7 @@ class FaultyStore final : public TokenStore {
   }
   Result<std::vector<DueToken>> claim_due(SysTime now, std::size_t limit, std::string_view owner,
                                           Seconds lease, const ProviderSet& p) override {
+    ++claims_;
     return inner_.claim_due(now, limit, owner, lease, p);
   }
   Result<TokenRecord> claim(std::string_view id, SysTime now, std::string_view owner,
@@ -82,6 +93,26 @@ class FaultyStore final : public TokenStore {
     }
     return inner_.save(r, s, owner, lease);
   }
+  // A batch holding a save fails whole while saves are to fail, as a refused commit does; one
+  // holding a renewal start, while renewal starts are.
+  std::vector<Status> write_batch(std::span<const StoreWrite> writes,
+                                  std::string_view owner) override {
+    ++write_batches_;
+    auto holds = [&](StoreWrite::Kind kind) {
+      return std::any_of(writes.begin(), writes.end(),
+                         [kind](const StoreWrite& w) { return w.kind == kind; });
+    };
+    if (holds(StoreWrite::Kind::kSave) && save_failures_ > 0) {
+      --save_failures_;
+      ++saves_refused_;
+      return std::vector<Status>(writes.size(), Error(save_code_, "injected failure"));
+    }
+    if (holds(StoreWrite::Kind::kBeginRenewal) && renewal_start_failures_ > 0) {
+      --renewal_start_failures_;
+      return std::vector<Status>(writes.size(), Error(renewal_start_code_, "injected failure"));
+    }
+    return inner_.write_batch(writes, owner);
+  }
   Result<std::size_t> pull_in_checks(Provider p, SysTime now, Seconds period) override {
     return inner_.pull_in_checks(p, now, period);
   }
@@ -95,6 +126,8 @@ class FaultyStore final : public TokenStore {
   int save_failures_ = 0;
   Errc save_code_ = Errc::kBusy;
   int saves_refused_ = 0;
+  int write_batches_ = 0;
+  int claims_ = 0;
   int renewal_start_failures_ = 0;
   Errc renewal_start_code_ = Errc::kStorage;
   std::string unreadable_;

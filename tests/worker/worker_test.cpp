@@ -223,6 +223,40 @@ TEST_F(WorkerTest, NeverMoreRequestsInFlightThanTheLimit) {
   EXPECT_EQ(tiktok_.calls(Operation::kRefresh), 12);
 }
 
+// A sweep costs one durable commit per batch of replies, not per token: replies that arrive
+// together are written in one transaction, and due tokens are claimed a batch at a time.
+TEST_F(WorkerTest, ASweepCommitsRepliesTogetherAndClaimsInBatches) {
+  build(/*max_in_flight=*/8);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 40; ++i) {
+    NewToken t{Provider::kTikTok,
+               TokenKind::kBusinessToken,
+               "ws",
+               "acct-" + std::to_string(i),
+               "",
+               clock_.now() + 30 * 24h,
+               {}};
+    auto r = store_->upsert(t, TokenSecrets{Secret("act.SECRET-0"), Secret("rft.SECRET-0")},
+                            clock_.now(), [&](TokenRecord& rec) {
+                              rec.next_refresh_due = clock_.now() + 10 * 24h;
+                              rec.next_check_due = clock_.now();
+                            });
+    ids.push_back(r->record.id);
+  }
+  worker_->start();
+  settle();
+  EXPECT_EQ(tiktok_.calls(Operation::kCheck), 40);
+  EXPECT_EQ(worker_->stats().checks_ok, 40u);
+  EXPECT_LE(faulty_.write_batches(), 40 / 4) << "8 replies at a time, one commit each";
+  EXPECT_LE(faulty_.claims(), 40 / 4 + 1);
+  for (const auto& id : ids) {
+    const TokenRecord r = get(id);
+    EXPECT_EQ(r.last_checked_at, clock_.now()) << id;
+    EXPECT_TRUE(r.lease_owner.empty()) << id;
+    EXPECT_GT(*r.next_check_due, clock_.now()) << id;
+  }
+}
+
 TEST_F(WorkerTest, TheTokenBucketPacesRequests) {
   ProviderLimits slow;
   slow.requests_per_second = 1;
