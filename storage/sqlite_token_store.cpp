@@ -27,7 +27,7 @@ namespace {
 
 // Forward migrations: entry i takes the schema from version i to i + 1. Never edit a shipped
 // entry; append a new one.
-constexpr std::array<const char*, 4> kMigrations{{
+constexpr std::array<const char*, 5> kMigrations{{
     // 0 -> 1: tokens, with the schedule in two indexed columns.
     R"sql(
 CREATE TABLE tokens (
@@ -89,6 +89,31 @@ CREATE INDEX tokens_reauth_unnotified ON tokens (state_since)
     // renewal_in_doubt_since): written before the request, so it survives a crash.
     R"sql(
 ALTER TABLE tokens ADD COLUMN renewal_in_doubt_since INTEGER;
+)sql",
+    // 4 -> 5: token counts by provider and state, kept by triggers in the writing transaction,
+    // so the status file reads a handful of rows instead of scanning every token (a full scan
+    // takes about a second at a million tokens, on the loop thread).
+    R"sql(
+CREATE TABLE token_counts (
+  provider TEXT NOT NULL,
+  state    TEXT NOT NULL,
+  n        INTEGER NOT NULL,
+  PRIMARY KEY (provider, state)
+) STRICT, WITHOUT ROWID;
+INSERT INTO token_counts SELECT provider, state, COUNT(*) FROM tokens GROUP BY provider, state;
+CREATE TRIGGER tokens_count_insert AFTER INSERT ON tokens BEGIN
+  INSERT INTO token_counts VALUES (NEW.provider, NEW.state, 1)
+    ON CONFLICT (provider, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tokens_count_delete AFTER DELETE ON tokens BEGIN
+  UPDATE token_counts SET n = n - 1 WHERE provider = OLD.provider AND state = OLD.state;
+END;
+CREATE TRIGGER tokens_count_update AFTER UPDATE OF provider, state ON tokens
+  WHEN OLD.provider IS NOT NEW.provider OR OLD.state IS NOT NEW.state BEGIN
+  UPDATE token_counts SET n = n - 1 WHERE provider = OLD.provider AND state = OLD.state;
+  INSERT INTO token_counts VALUES (NEW.provider, NEW.state, 1)
+    ON CONFLICT (provider, state) DO UPDATE SET n = n + 1;
+END;
 )sql",
 }};
 
@@ -731,8 +756,7 @@ Result<std::size_t> SqliteTokenStore::pull_in_checks(Provider provider, SysTime 
 Result<std::vector<StateCounts>> SqliteTokenStore::count_by_state() {
   return guarded("counting tokens", [&]() -> Result<std::vector<StateCounts>> {
     Cached q_held = impl_->cached(
-        "SELECT provider, state, COUNT(*) FROM tokens GROUP BY provider, state "
-        "ORDER BY provider, state");
+        "SELECT provider, state, n FROM token_counts WHERE n > 0 ORDER BY provider, state");
     SQLite::Statement& q = *q_held;
     std::vector<StateCounts> out;
     while (q.executeStep()) {

@@ -267,6 +267,59 @@ TEST_F(StoreTest, ListFiltersCountsAndRemoves) {
   EXPECT_EQ(store->list({})->size(), 2u);
 }
 
+// The counts come from a table the triggers keep, not a scan: they must match a scan after
+// adds, reconnects, state changes, removals and a migration.
+TEST_F(StoreTest, CountsKeptByTriggersMatchAScan) {
+  auto store = open(key_);
+  auto scan = [&] {
+    SQLite::Database db(db_path(), SQLite::OPEN_READONLY);
+    SQLite::Statement q(db, "SELECT provider, state, COUNT(*) FROM tokens GROUP BY 1, 2");
+    std::map<std::pair<std::string, std::string>, std::size_t> out;
+    while (q.executeStep())
+      out[{q.getColumn(0).getString(), q.getColumn(1).getString()}] = q.getColumn(2).getInt64();
+    return out;
+  };
+  auto counted = [&] {
+    std::map<std::pair<std::string, std::string>, std::size_t> out;
+    const auto counts = store->count_by_state();
+    for (const StateCounts& c : *counts)
+      out[{std::string(to_string(c.provider)), std::string(to_string(c.state))}] = c.count;
+    return out;
+  };
+  std::vector<std::string> ids;
+  for (int i = 0; i < 6; ++i) {
+    ids.push_back(
+        store
+            ->upsert(
+                new_token("a" + std::to_string(i), i % 2 != 0 ? Provider::kMeta : Provider::kTikTok,
+                          i % 2 != 0 ? TokenKind::kPageToken : TokenKind::kBusinessToken),
+                secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow))
+            ->record.id);
+  }
+  EXPECT_EQ(counted(), scan());
+  auto claimed = store->claim_due(kStoreNow, 6, "w", 1min, kAllProviders);
+  ASSERT_EQ(claimed->size(), 6u);
+  for (std::size_t i = 0; i < 4; ++i) {
+    TokenRecord r = (*claimed)[i].record;
+    r.state = i == 0 ? TokenState::kRevoked : TokenState::kFailing;
+    ASSERT_TRUE(store->save(r, nullptr, "w", LeaseAction::kRelease));
+  }
+  EXPECT_EQ(counted(), scan());
+  ASSERT_TRUE(store->upsert(new_token("a0"), secrets("x2", "y2"), kStoreNow,
+                            due_at(kStoreNow, kStoreNow)));  // reconnected: active again
+  ASSERT_TRUE(*store->remove(ids[3]));
+  EXPECT_EQ(counted(), scan());
+  EXPECT_EQ(scan().size(), 3u) << "tiktok active, tiktok failing, meta failing/active";
+
+  // A database from before the counts table gets its counts from the migration.
+  raw_exec(
+      "DROP TRIGGER tokens_count_insert; DROP TRIGGER tokens_count_delete; "
+      "DROP TRIGGER tokens_count_update; DROP TABLE token_counts; PRAGMA user_version = 4;");
+  store.reset();
+  store = open(key_);
+  EXPECT_EQ(counted(), scan());
+}
+
 TEST_F(StoreTest, NoPlaintextSecretInTheDatabaseOrWal) {
   std::vector<std::string> plain;
   {
