@@ -547,9 +547,10 @@ int cmd_import(Invocation& inv, const ImportArgs& args) {
     auto stop = [&](const Error& e, std::string_view where) {
       inv.env.err << "tokenwarden: error: " << where << e.message() << "\n"
                   << "tokenwarden: " << added + reconnected << " tokens from lines before "
-                  << batch_first_line
-                  << " were imported; fix the input and import again (a token imported twice is "
-                     "reconnected, not duplicated)\n";
+                  << batch_first_line << " were imported, none after; fix the input and import "
+                  << "from line " << batch_first_line << " on (tail -n +" << batch_first_line
+                  << "): importing a token again replaces its secrets, and one the daemon has "
+                     "renewed since must not get its old ones back\n";
       return exit_code_for(e);
     };
     std::string line;
@@ -974,8 +975,10 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   import->add_option("--provider", import_args.provider, "Default provider for every line");
   import->add_option("--kind", import_args.kind, "Default kind for every line");
   import->add_option("--workspace", import_args.workspace, "Default workspace for every line");
-  import->add_option("--batch", import_args.batch, "Tokens per transaction (one durable commit)")
-      ->check(CLI::Range(1, 100000))
+  import
+      ->add_option("--batch", import_args.batch,
+                   "Tokens per transaction (one durable commit; the daemon waits for each)")
+      ->check(CLI::Range(1, 10000))
       ->capture_default_str();
   import->add_flag(
       "--check-now", import_args.check_now,

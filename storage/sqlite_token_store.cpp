@@ -230,6 +230,25 @@ Result<std::vector<TokenRecord>> read_rows(SQLite::Statement& q) {
   return out;
 }
 
+// Errors of the database as a whole rather than of one statement's data.
+bool whole_database_error(int code) {
+  switch (code & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_IOERR:
+    case SQLITE_FULL:
+    case SQLITE_NOMEM:
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+    case SQLITE_CANTOPEN:
+    case SQLITE_READONLY:
+    case SQLITE_PROTOCOL:
+      return true;
+    default:
+      return false;
+  }
+}
+
 Error storage_error(std::string_view what, const SQLite::Exception& e) {
   int code = e.getErrorCode();
   if (code == SQLITE_BUSY || code == SQLITE_LOCKED) {
@@ -392,6 +411,33 @@ struct SqliteTokenStore::Impl {
     auto r = read_row(q);
     if (!r) return r.error();
     return std::optional<TokenRecord>(std::move(*r));
+  }
+
+  // Runs one cached statement that returns no rows.
+  void run(const char* sql) {
+    Cached q = cached(sql);
+    (*q).exec();
+  }
+
+  // One write of write_batch(), inside its transaction; `sealed` holds its new secrets, sealed.
+  Status write_one(const StoreWrite& w, const SealedPair& sealed, std::string_view owner) {
+    if (w.kind == StoreWrite::Kind::kSave) {
+      const TokenRecord& record = *w.record;
+      if (auto st = check_lease({record.id, record.lease_generation}, owner); !st) return st;
+      write_fields(record, &sealed, w.new_secrets != nullptr ? Secrets::kMerge : Secrets::kKeep,
+                   w.lease_action == LeaseAction::kRelease);
+      return Ok();
+    }
+    if (auto st = check_lease(w.lease, owner); !st) return st;
+    // An earlier attempt still in doubt keeps its time: that is when the doubt began.
+    Cached q_held = cached(
+        "UPDATE tokens SET renewal_in_doubt_since = "
+        "COALESCE(renewal_in_doubt_since, ?2) WHERE id = ?1");
+    SQLite::Statement& q = *q_held;
+    q.bind(1, w.lease.id);
+    q.bind(2, static_cast<int64_t>(to_unix(w.at)));
+    q.exec();
+    return Ok();
   }
 
   // Fails unless `owner` still holds `lease` (same generation): the fence every write of a
@@ -929,30 +975,21 @@ std::vector<Status> SqliteTokenStore::write_batch(std::span<const StoreWrite> wr
     SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
     for (std::size_t i = 0; i < writes.size(); ++i) {
       if (!out[i]) continue;
-      const StoreWrite& w = writes[i];
-      if (w.kind == StoreWrite::Kind::kSave) {
-        const TokenRecord& record = *w.record;
-        if (auto lease = impl_->check_lease({record.id, record.lease_generation}, owner); !lease) {
-          out[i] = lease;
-          continue;
+      // Each write under its own savepoint: one the database refuses for itself (a constraint)
+      // fails alone, as it would on its own, instead of failing every write of the batch again
+      // and again. Failures of the database as a whole (busy, I/O, full) fail the batch.
+      impl_->run("SAVEPOINT one_write");
+      try {
+        out[i] = impl_->write_one(writes[i], sealed[i], owner);
+      } catch (const SQLite::Exception& e) {
+        if (whole_database_error(e.getErrorCode()) ||
+            sqlite3_get_autocommit(impl_->db->getHandle()) != 0) {
+          throw;
         }
-        impl_->write_fields(record, &sealed[i],
-                            w.new_secrets != nullptr ? Impl::Secrets::kMerge : Impl::Secrets::kKeep,
-                            w.lease_action == LeaseAction::kRelease);
-      } else {
-        if (auto lease = impl_->check_lease(w.lease, owner); !lease) {
-          out[i] = lease;
-          continue;
-        }
-        // An earlier attempt still in doubt keeps its time: that is when the doubt began.
-        Cached q_held = impl_->cached(
-            "UPDATE tokens SET renewal_in_doubt_since = "
-            "COALESCE(renewal_in_doubt_since, ?2) WHERE id = ?1");
-        SQLite::Statement& q = *q_held;
-        q.bind(1, w.lease.id);
-        q.bind(2, static_cast<int64_t>(to_unix(w.at)));
-        q.exec();
+        impl_->run("ROLLBACK TO one_write");
+        out[i] = storage_error(what, e);
       }
+      impl_->run("RELEASE one_write");
     }
     tx.commit();
     return Ok();

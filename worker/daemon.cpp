@@ -206,6 +206,7 @@ int Daemon::run() {
           "expire",
           name(again));
       http->shutdown();
+      worker->abort();  // received rotated secrets are written before the loop stops
       io.stop();
     });
   });

@@ -585,16 +585,29 @@ struct Worker::Impl {
     flush_posted = false;
     if (pending.empty()) return;
     std::vector<PendingWrite> batch;
+    std::vector<JobPtr> not_sent;
     for (PendingWrite& w : pending) {
-      if (giving_up && !w.outcome) {
-        // Past the grace period no request goes out: the renewal is neither recorded nor sent.
-        log->warn("{} still in hand at exit: its lease will expire", w.job->job.record.id);
-        finish(w.job);
+      if (stopping && !w.outcome) {
+        // Stopping: no new request goes out, so its attempt is not recorded either.
+        not_sent.push_back(std::move(w.job));
         continue;
       }
+      // Stopping: no further step follows, so the outcome ends the lease.
+      if (stopping) w.last = true;
       batch.push_back(std::move(w));
     }
     pending.clear();
+    for (const JobPtr& job : not_sent) {
+      job->busy = false;
+      settle_probe(lanes.at(job->job.record.provider), *job, nullptr);
+      report_forced(*job, ForcedResult::Status::kCancelled, "cancelled: shutting down");
+      if (giving_up) {
+        log->warn("{} still in hand at exit: its lease will expire", job->job.record.id);
+        finish(job);
+      } else {
+        release(job);
+      }
+    }
     if (batch.empty()) return;
     std::vector<JobWrite> writes;
     writes.reserve(batch.size());
@@ -887,6 +900,16 @@ struct Worker::Impl {
     maybe_stopped();
   }
 
+  // Stops at once (a second signal): outcomes already received, rotated secrets among them, get
+  // their last write now; nothing more goes out; the rest is left to its leases.
+  void abort() {
+    stopping = true;
+    running = false;
+    wake_timer->cancel();
+    summary_timer->cancel();
+    give_up();
+  }
+
   void give_up() {
     giving_up = true;
     flush();  // writes still queued get their last attempt now
@@ -982,6 +1005,10 @@ void Worker::start() {
 void Worker::stop(Seconds grace, std::function<void()> on_grace_expired,
                   std::function<void()> done) {
   impl_->begin_stop(grace, std::move(on_grace_expired), std::move(done));
+}
+
+void Worker::abort() {
+  impl_->abort();
 }
 
 void Worker::run_now(std::vector<std::string> ids, Operation op,

@@ -103,6 +103,10 @@ class Worker {
   void start();
   // See the file comment.
   void stop(Seconds grace, std::function<void()> on_grace_expired, std::function<void()> done);
+  // Stops at once, without a grace period: outcomes already received (rotated secrets among
+  // them) are written now, nothing more is sent or retried, and tokens still in hand are left to
+  // their leases. For a second stop signal, before the executor is stopped.
+  void abort();
 
   // Runs `op` now on each token, whatever its due times (a check renews first when the access
   // token has expired), at most max_in_flight at a time, then calls `done` with one result per

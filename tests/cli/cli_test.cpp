@@ -167,6 +167,7 @@ TEST_F(Cli, ImportAddsManyTokensInBatchesAndStopsAtABadLine) {
   EXPECT_NE(failed.err.find("line 3: "), std::string::npos) << failed.err;
   EXPECT_NE(failed.err.find("2 tokens from lines before 3 were imported"), std::string::npos)
       << failed.err;
+  EXPECT_NE(failed.err.find("tail -n +3"), std::string::npos) << failed.err;
   EXPECT_EQ(failed.err.find("has space"), std::string::npos) << "never echo a secret";
   EXPECT_EQ(token_count(), 6u) << "the good lines were reconnected, not duplicated";
 

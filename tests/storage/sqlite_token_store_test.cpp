@@ -591,6 +591,37 @@ TEST_F(StoreTest, AWriteBatchFencesEachWriteAlone) {
   EXPECT_EQ((*store->find(renewing.id))->renewal_in_doubt_since, kStoreNow + 1s);
 }
 
+// A write the database refuses for itself (here a trigger standing in for a constraint) fails
+// alone: the batch's other writes are stored, so one bad record cannot block every commit.
+TEST_F(StoreTest, AWriteRefusedForItselfFailsAloneInItsBatch) {
+  auto store = open(key_);
+  for (const char* a : {"a", "b", "c"}) {
+    ASSERT_TRUE(
+        store->upsert(new_token(a), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow)));
+  }
+  auto claimed = store->claim_due(kStoreNow, 3, "daemon", 1min, kAllProviders);
+  ASSERT_EQ(claimed->size(), 3u);
+  raw_exec(
+      "CREATE TRIGGER refuse_b BEFORE UPDATE OF next_check_due ON tokens "
+      "WHEN NEW.account_id = 'b' BEGIN SELECT RAISE(ABORT, 'refused'); END");
+  std::vector<TokenRecord> records;
+  for (const DueToken& d : *claimed) {
+    records.push_back(d.record);
+    records.back().next_check_due = kStoreNow + 1h;
+  }
+  std::vector<StoreWrite> writes(3);
+  for (std::size_t i = 0; i < 3; ++i)
+    writes[i].record = &records[i];
+  const std::vector<Status> out = store->write_batch(writes, "daemon");
+  for (std::size_t i = 0; i < 3; ++i) {
+    const bool is_b = records[i].account_id == "b";
+    EXPECT_EQ(out[i].ok(), !is_b) << records[i].account_id;
+    const TokenRecord stored = **store->find(records[i].id);
+    EXPECT_EQ(stored.next_check_due == kStoreNow + 1h, !is_b) << records[i].account_id;
+    EXPECT_EQ(stored.lease_owner.empty(), !is_b) << "b keeps its lease, written nothing";
+  }
+}
+
 // Statements are prepared once and reused; a reused statement must never pin an old read
 // snapshot, or this connection would stop seeing other processes' writes.
 TEST_F(StoreTest, ReusedStatementsSeeOtherConnectionsWrites) {

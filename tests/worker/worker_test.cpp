@@ -704,6 +704,46 @@ TEST_F(WorkerTest, StopWaitsForARetriedCommitOfRotatedSecrets) {
   EXPECT_EQ(store_->read_secrets(get(id))->refresh_token.reveal(), "rft.SECRET-9");
 }
 
+// Writes wait for the end of the loop turn. A stop in between: a renewal whose attempt was not
+// written yet is not sent, and a renewal's outcome written after the stop ends the lease rather
+// than keeping it for a check that will not run.
+TEST_F(WorkerTest, AStopBeforeTheTurnsWritesSendsNothingNewAndKeepsNoLease) {
+  for (int step = 0; step < 2; ++step) {
+    build();
+    const std::string id = add("stop-" + std::to_string(step), std::nullopt);  // renewal due
+    TokenRecord r = get(id);
+    ASSERT_TRUE(store_->claim(id, clock_.now(), "setup", 1s));
+    r = get(id);
+    r.next_refresh_due = clock_.now();
+    r.next_check_due = clock_.now();
+    ASSERT_TRUE(store_->save(r, nullptr, "setup", LeaseAction::kRelease));
+    const int refreshes = tiktok_.calls(Operation::kRefresh);
+    worker_->start();
+    io_.restart();
+    ASSERT_EQ(io_.poll_one(), 1u);  // pump: claims, queues the renewal attempt
+    if (step == 1) {
+      ASSERT_EQ(io_.poll_one(), 1u);  // flush: the attempt is written; the request goes out
+      ASSERT_EQ(io_.poll_one(), 1u);  // the reply: its outcome is queued
+      ASSERT_EQ(tiktok_.calls(Operation::kRefresh), refreshes + 1);
+    }
+    bool stopped = false;
+    worker_->stop(20s, nullptr, [&] { stopped = true; });
+    settle();
+    EXPECT_TRUE(stopped) << step;
+    EXPECT_EQ(tiktok_.calls(Operation::kRefresh), refreshes + step) << step;
+    EXPECT_EQ(tiktok_.calls(Operation::kCheck), 0) << step;
+    const TokenRecord after = get(id);
+    EXPECT_TRUE(after.lease_owner.empty()) << step;
+    EXPECT_FALSE(after.renewal_in_doubt_since) << step;
+    if (step == 1) {
+      EXPECT_TRUE(after.last_refreshed_at) << "the renewal's outcome was written";
+    } else {
+      EXPECT_FALSE(after.last_refreshed_at);
+    }
+    ASSERT_TRUE(*store_->remove(id));  // still due: out of the next step's way
+  }
+}
+
 TEST_F(WorkerTest, StopDoesNotWaitForAQueuedCheck) {
   build();
   const std::string id = add("both", std::nullopt);
