@@ -1,5 +1,7 @@
 #include "worker/status.h"
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <sstream>
 
@@ -41,14 +43,36 @@ std::string label(std::string_view s) {
 // --- OutcomeWindow
 // --------------------------------------------------------------------------------
 
-void OutcomeWindow::record(Operation op, bool ok, ErrorClass error_class, WallTime now) {
+namespace {
+
+// The upper bound of latency slot `i`, in ms: 2^(i/4) - 1, so slot 0 holds 0 ms.
+double slot_bound(std::size_t i) {
+  return std::exp2(static_cast<double>(i) / 4.0) - 1.0;
+}
+
+std::size_t latency_slot(std::chrono::milliseconds latency) {
+  const double ms = static_cast<double>(std::max<std::int64_t>(latency.count(), 0));
+  const auto i = static_cast<std::size_t>(std::ceil(4.0 * std::log2(ms + 1.0)));
+  return std::min(i, OutcomeWindow::kLatencySlots - 1);
+}
+
+std::size_t op_index(Operation op) {
+  return op == Operation::kRefresh ? 0 : 1;
+}
+
+}  // namespace
+
+void OutcomeWindow::record(Operation op, bool ok, ErrorClass error_class,
+                           std::chrono::milliseconds latency, WallTime now) {
   const std::int64_t minute = minute_of(now);
   Bucket& b = buckets_[static_cast<std::size_t>(minute % 60)];
   if (b.minute != minute) {
     b.minute = minute;
     b.counts.clear();
+    b.latency = {};
   }
   ++b.counts[{op, ok ? ErrorClass::kNone : error_class}];
+  ++b.latency[op_index(op)][latency_slot(latency)];
 }
 
 nlohmann::json OutcomeWindow::last_hour(WallTime now) const {
@@ -58,8 +82,13 @@ nlohmann::json OutcomeWindow::last_hour(WallTime now) const {
     const char* key = op == Operation::kRefresh ? "refreshes" : "checks";
     out[key] = {{"ok", 0}, {"failed", nlohmann::json::object()}};
   }
+  std::array<std::array<std::uint64_t, kLatencySlots>, 2> latency{};
   for (const Bucket& b : buckets_) {
     if (b.minute < 0 || b.minute <= minute - 60 || b.minute > minute) continue;
+    for (std::size_t op = 0; op < 2; ++op) {
+      for (std::size_t i = 0; i < kLatencySlots; ++i)
+        latency[op][i] += b.latency[op][i];
+    }
     for (const auto& [what, n] : b.counts) {
       nlohmann::json& slot = out[what.first == Operation::kRefresh ? "refreshes" : "checks"];
       if (what.second == ErrorClass::kNone) {
@@ -69,6 +98,25 @@ nlohmann::json OutcomeWindow::last_hour(WallTime now) const {
         slot["failed"][cls] = slot["failed"].value(cls, std::uint64_t{0}) + n;
       }
     }
+  }
+  for (Operation op : {Operation::kRefresh, Operation::kCheck}) {
+    const auto& slots = latency[op_index(op)];
+    std::uint64_t total = 0;
+    for (std::uint64_t n : slots)
+      total += n;
+    if (total == 0) continue;
+    // The smallest slot bound below which at least `q` of the steps fall.
+    auto quantile = [&](double q) {
+      const auto want = static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(total)));
+      std::uint64_t seen = 0;
+      for (std::size_t i = 0; i < kLatencySlots; ++i) {
+        seen += slots[i];
+        if (seen >= want) return std::round(slot_bound(i) * 10.0) / 10.0;
+      }
+      return std::round(slot_bound(kLatencySlots - 1) * 10.0) / 10.0;
+    };
+    out[op == Operation::kRefresh ? "refreshes" : "checks"]["latency_ms"] = {
+        {"p50", quantile(0.5)}, {"p99", quantile(0.99)}, {"max", quantile(1.0)}};
   }
   return out;
 }
@@ -112,7 +160,7 @@ void StatusReporter::schedule_periodic() {
 }
 
 void StatusReporter::on_step(const StepReport& step) {
-  window_.record(step.op, step.ok, step.error_class, clock_.system_now());
+  window_.record(step.op, step.ok, step.error_class, step.latency, clock_.system_now());
   if (soon_armed_) return;
   soon_armed_ = true;
   // Spaced on the steady clock: a wall clock set back must not put the next write off.

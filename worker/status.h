@@ -37,17 +37,24 @@
 
 namespace tw {
 
-// Renewals and checks of the last hour, in one-minute buckets.
+// Renewals and checks of the last hour, in one-minute buckets, with their latencies.
 class OutcomeWindow {
  public:
-  void record(Operation op, bool ok, ErrorClass error_class, WallTime now);
-  // {"refreshes": {"ok": n, "failed": {"transient": n, ...}}, "checks": {...}}
+  void record(Operation op, bool ok, ErrorClass error_class, std::chrono::milliseconds latency,
+              WallTime now);
+  // {"refreshes": {"ok": n, "failed": {"transient": n, ...},
+  //                "latency_ms": {"p50": x, "p99": y, "max": z} (absent with no step)},
+  //  "checks": {...}}. Latencies are upper bounds of log-spaced slots (within 19 %).
   nlohmann::json last_hour(WallTime now) const;
+
+  // Latency slots: slot i holds latencies below kSlotBound(i) ms, four slots per doubling.
+  static constexpr std::size_t kLatencySlots = 72;
 
  private:
   struct Bucket {
     std::int64_t minute = -1;
-    std::map<std::pair<Operation, ErrorClass>, std::uint64_t> counts;  // kNone = ok
+    std::map<std::pair<Operation, ErrorClass>, std::uint64_t> counts;   // kNone = ok
+    std::array<std::array<std::uint32_t, kLatencySlots>, 2> latency{};  // by Operation
   };
   std::array<Bucket, 60> buckets_;
 };

@@ -743,6 +743,11 @@ struct Worker::Impl {
 
   void log_outcome(const ActiveJob& job, const Outcome& o, bool check_follows) {
     const TokenRecord& r = job.job.record;
+    // A healthy check that changes nothing is the bulk of a sweep (a million an hour): at debug,
+    // so that the journal (rate-limited per service) keeps what an operator must see. Renewals,
+    // failures and state changes stay at info and above; the summary counts every check.
+    const bool routine = o.ok && o.op == Operation::kCheck && job.state_before == r.state;
+    if (routine && !log->should_log(spdlog::level::debug)) return;
     const auto latency =
         std::chrono::duration_cast<std::chrono::milliseconds>(clock.steady_now() - job.started)
             .count();
@@ -764,8 +769,8 @@ struct Worker::Impl {
          {"STATE", std::string(to_string(r.state))},
          {"LATENCY_MS", std::to_string(latency)}});
     if (o.ok) {
-      log->info("{} of {} ok in {} ms{}; {}", verb, who, latency,
-                o.note.empty() ? "" : " (" + o.note + ")", next);
+      log->log(routine ? spdlog::level::debug : spdlog::level::info, "{} of {} ok in {} ms{}; {}",
+               verb, who, latency, o.note.empty() ? "" : " (" + o.note + ")", next);
     } else if (r.state == TokenState::kNeedsReauth || r.state == TokenState::kRevoked) {
       log->error("{} of {} failed in {} ms: {}; the token is {}: the customer must reconnect", verb,
                  who, latency, describe(o.failure), to_string(r.state));

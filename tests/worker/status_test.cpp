@@ -104,6 +104,34 @@ TEST_F(StatusTest, TheFileCountsTokensAndListsThoseThatNeedReauth) {
   EXPECT_NE(prom.find("tokenwarden_needs_reauth_tokens 2"), std::string::npos);
 }
 
+// p50 and p99 of the last hour's steps, per operation, from log-spaced slots: each figure is
+// the slot's upper bound, at most 19 % above the true value.
+TEST_F(StatusTest, TheLastHourReportsLatencyPercentiles) {
+  StatusReporter r = reporter();
+  for (int i = 1; i <= 100; ++i) {
+    r.on_step(StepReport{Operation::kCheck,
+                         true,
+                         ErrorClass::kNone,
+                         "",
+                         {},
+                         TokenState::kActive,
+                         std::chrono::milliseconds(i <= 98 ? 10 : 900)});
+  }
+  r.on_step(
+      StepReport{Operation::kRefresh, true, ErrorClass::kNone, "", {}, TokenState::kActive, 0ms});
+  auto s = *r.snapshot();
+  const auto& checks = s["last_hour"]["checks"]["latency_ms"];
+  EXPECT_GE(checks["p50"].get<double>(), 10.0);
+  EXPECT_LE(checks["p50"].get<double>(), 10.0 * 1.19);
+  EXPECT_GE(checks["p99"].get<double>(), 900.0) << "two of a hundred took 900 ms";
+  EXPECT_LE(checks["p99"].get<double>(), 900.0 * 1.19);
+  EXPECT_EQ(checks["max"], checks["p99"]);
+  EXPECT_EQ(s["last_hour"]["refreshes"]["latency_ms"]["p50"], 0.0);
+  clock_.advance(61min);
+  s = *r.snapshot();
+  EXPECT_FALSE(s["last_hour"]["checks"].contains("latency_ms")) << "no step in the last hour";
+}
+
 TEST_F(StatusTest, TheLastHourCountsOutcomesByClassAndForgetsOlderOnes) {
   StatusReporter r = reporter();
   StepReport ok{Operation::kRefresh, true, ErrorClass::kNone, "", {}, TokenState::kActive, 5ms};
