@@ -54,7 +54,8 @@ Result<std::vector<Job>> Scheduler::claim_due(std::size_t limit, const ProviderS
   std::vector<Job> jobs;
   jobs.reserve(due->size());
   for (DueToken& d : *due)
-    jobs.push_back(Job{std::move(d.record), d.refresh_due, d.check_due, std::nullopt});
+    jobs.push_back(
+        Job{std::move(d.record), d.refresh_due, d.check_due, std::nullopt, std::move(d.secrets)});
   return jobs;
 }
 
@@ -62,7 +63,7 @@ Result<Job> Scheduler::claim(std::string_view id) {
   auto r = store_.claim(id, clock_.now(), owner_, config_.lease);
   if (!r) return r.error();
   const bool renewable = Policy::renewable(*r);
-  return Job{std::move(*r), renewable, true, std::nullopt};
+  return Job{std::move(*r), renewable, true, std::nullopt, std::nullopt};
 }
 
 TokenRecord Scheduler::recorded(const Job& job, const Outcome& outcome, bool last,

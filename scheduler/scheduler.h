@@ -31,6 +31,9 @@ struct Job {
   // When begin_renewal() recorded a renewal whose result has not been recorded yet: every write
   // of this job keeps the token in doubt from then on (a release at shutdown too).
   std::optional<SysTime> renewal_sent_at;
+  // The secrets read with the claim (DueToken::secrets), for the job's first step only: a later
+  // step reads them again, since a renewal may have replaced them.
+  std::optional<TokenSecrets> secrets;
 };
 
 // One write of a batch (Scheduler::write_all): the outcome of a job's step, as record() writes

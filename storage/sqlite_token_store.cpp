@@ -542,16 +542,32 @@ struct SqliteTokenStore::Impl {
   void take_lease(TokenRecord& r, SysTime now, std::string_view owner, SysTime until) {
     Cached q_held = cached(
         "UPDATE tokens SET lease_owner = ?2, lease_until = ?3, "
-        "lease_generation = lease_generation + 1 WHERE id = ?1");
+        "lease_generation = lease_generation + 1, "
+        "next_refresh_due = CASE WHEN next_refresh_due <= ?4 THEN ?3 ELSE next_refresh_due END, "
+        "next_check_due = CASE WHEN next_check_due <= ?4 THEN ?3 ELSE next_check_due END "
+        "WHERE id = ?1");
     SQLite::Statement& q = *q_held;
     q.bind(1, r.id);
     q.bind(2, text_of(owner));
     q.bind(3, static_cast<int64_t>(to_unix(until)));
+    q.bind(4, static_cast<int64_t>(to_unix(now)));
     q.exec();
-    defer(r.id, now, until);
     r.lease_owner = std::string(owner);
     r.lease_until = until;
     r.lease_generation += 1;
+  }
+
+  // Decrypts the secrets of token `id`.
+  Result<TokenSecrets> read_secrets(const std::string& id) {
+    Cached q_held = cached("SELECT access_token, refresh_token FROM tokens WHERE id = ?1");
+    SQLite::Statement& q = *q_held;
+    q.bind(1, id);
+    if (!q.executeStep()) return Error(Errc::kNotFound, "token " + id + " does not exist");
+    auto access = open(q, 0, id, kAccessField);
+    if (!access) return access.error();
+    auto refresh = open(q, 1, id, kRefreshField);
+    if (!refresh) return refresh.error();
+    return TokenSecrets{std::move(*access), std::move(*refresh)};
   }
 
   // Moves the due times that were reached by `now` to `until`.
@@ -817,17 +833,7 @@ Result<std::vector<StateCounts>> SqliteTokenStore::count_by_state() {
 }
 
 Result<TokenSecrets> SqliteTokenStore::read_secrets(const TokenRecord& record) {
-  return guarded("reading secrets", [&]() -> Result<TokenSecrets> {
-    Cached q_held = impl_->cached("SELECT access_token, refresh_token FROM tokens WHERE id = ?1");
-    SQLite::Statement& q = *q_held;
-    q.bind(1, record.id);
-    if (!q.executeStep()) return Error(Errc::kNotFound, "token " + record.id + " does not exist");
-    auto access = impl_->open(q, 0, record.id, kAccessField);
-    if (!access) return access.error();
-    auto refresh = impl_->open(q, 1, record.id, kRefreshField);
-    if (!refresh) return refresh.error();
-    return TokenSecrets{std::move(*access), std::move(*refresh)};
-  });
+  return guarded("reading secrets", [&] { return impl_->read_secrets(record.id); });
 }
 
 Result<std::optional<SysTime>> SqliteTokenStore::earliest_due(const ProviderSet& providers) {
@@ -882,6 +888,7 @@ Result<std::vector<DueToken>> SqliteTokenStore::claim_due(SysTime now, std::size
       d.refresh_due = d.record.next_refresh_due && *d.record.next_refresh_due <= now;
       d.check_due = d.record.next_check_due && *d.record.next_check_due <= now;
       impl_->take_lease(d.record, now, owner, until);
+      if (auto secrets = impl_->read_secrets(id)) d.secrets = std::move(*secrets);
       out.push_back(std::move(d));
     }
     tx.commit();

@@ -64,6 +64,9 @@ struct DueToken {
   TokenRecord record;  // as it was before the claim (its due times are the original ones)
   bool refresh_due = false;
   bool check_due = false;
+  // Its secrets, read in the claim's transaction, so the first step needs no read of its own;
+  // absent when one does not decrypt (read_secrets() then says why).
+  std::optional<TokenSecrets> secrets;
 };
 
 struct StateCounts {

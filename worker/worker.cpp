@@ -435,7 +435,11 @@ struct Worker::Impl {
       settle_probe(lane, *job, nullptr);
       return drop_lost(job);
     }
-    auto secrets = store.read_secrets(r);
+    // The first step uses the secrets read with the claim; a later one reads them again.
+    Result<TokenSecrets> secrets = job->job.secrets
+                                       ? Result<TokenSecrets>(std::move(*job->job.secrets))
+                                       : store.read_secrets(r);
+    job->job.secrets.reset();
     if (!secrets) {
       settle_probe(lane, *job, nullptr);
       // A secret that does not decrypt is the operator's to fix (a key missing from the ring).

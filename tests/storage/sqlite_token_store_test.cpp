@@ -493,6 +493,34 @@ TEST_F(StoreTest, ClaimsDueTokensEarliestFirstAndHidesThemUntilTheLeaseEnds) {
   EXPECT_EQ(late.error().code(), Errc::kLeaseLost);
 }
 
+// The claim reads the secrets in its own transaction (the first step needs no read); one that
+// does not decrypt leaves them out, and read_secrets() reports it.
+TEST_F(StoreTest, AClaimCarriesTheSecretsOrNoneWhenTheyDoNotDecrypt) {
+  auto store = open(key_);
+  for (const char* a : {"a", "b"}) {
+    ASSERT_TRUE(store->upsert(new_token(a), secrets(std::string("act.") + a, "rft"), kStoreNow,
+                              due_at(kStoreNow, kStoreNow)));
+  }
+  raw_exec(
+      "UPDATE tokens SET access_token = (SELECT access_token FROM tokens "
+      "WHERE account_id = 'a') WHERE account_id = 'b'");
+  auto claimed = store->claim_due(kStoreNow, 2, "daemon", 1min, kAllProviders);
+  ASSERT_TRUE(claimed) << claimed.error().message();
+  ASSERT_EQ(claimed->size(), 2u);
+  for (const DueToken& d : *claimed) {
+    if (d.record.account_id == "a") {
+      ASSERT_TRUE(d.secrets);
+      EXPECT_EQ(d.secrets->access_token.reveal(), "act.a");
+      EXPECT_EQ(d.secrets->refresh_token.reveal(), "rft");
+    } else {
+      EXPECT_FALSE(d.secrets) << "sealed for another token: does not decrypt";
+      auto read = store->read_secrets(d.record);
+      ASSERT_FALSE(read.ok());
+      EXPECT_EQ(read.error().code(), Errc::kCorrupt);
+    }
+  }
+}
+
 TEST_F(StoreTest, AStaleGenerationIsFencedOutEvenForTheSameOwner) {
   auto store = open(key_);
   auto id =

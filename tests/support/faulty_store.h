@@ -73,7 +73,14 @@ class FaultyStore final : public TokenStore {
   Result<std::vector<DueToken>> claim_due(SysTime now, std::size_t limit, std::string_view owner,
                                           Seconds lease, const ProviderSet& p) override {
     ++claims_;
-    return inner_.claim_due(now, limit, owner, lease, p);
+    auto due = inner_.claim_due(now, limit, owner, lease, p);
+    // As a real claim does with secrets that do not decrypt: they are left for read_secrets().
+    if (due) {
+      for (DueToken& d : *due) {
+        if (d.record.id == unreadable_) d.secrets.reset();
+      }
+    }
+    return due;
   }
   Result<TokenRecord> claim(std::string_view id, SysTime now, std::string_view owner,
                             Seconds lease) override {
