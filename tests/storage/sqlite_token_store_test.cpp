@@ -46,6 +46,18 @@ ScheduleFn due_at(SysTime refresh, SysTime check) {
   };
 }
 
+// Adds a token for each account, all due now, and claims them for "daemon".
+std::vector<DueToken> add_and_claim(SqliteTokenStore& store,
+                                    const std::vector<std::string>& accounts) {
+  for (const std::string& a : accounts) {
+    EXPECT_TRUE(
+        store.upsert(new_token(a), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow)));
+  }
+  auto claimed = store.claim_due(kStoreNow, accounts.size(), "daemon", 1min, kAllProviders);
+  EXPECT_TRUE(claimed) << claimed.error().message();
+  return claimed ? std::move(*claimed) : std::vector<DueToken>{};
+}
+
 class StoreTest : public ::testing::Test {
  protected:
   std::unique_ptr<SqliteTokenStore> open(const Key& key, std::vector<Key> old = {}) {
@@ -584,17 +596,13 @@ TEST_F(StoreTest, ARenewalAttemptIsRecordedUnderTheLeaseAndClearedBySave) {
 // only its write, and the others are all stored.
 TEST_F(StoreTest, AWriteBatchFencesEachWriteAlone) {
   auto store = open(key_);
-  for (const char* a : {"a", "b", "c"}) {
-    ASSERT_TRUE(
-        store->upsert(new_token(a), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow)));
-  }
-  auto claimed = store->claim_due(kStoreNow, 3, "daemon", 1min, kAllProviders);
-  ASSERT_EQ(claimed->size(), 3u);
-  TokenRecord checked = (*claimed)[0].record;
+  const std::vector<DueToken> claimed = add_and_claim(*store, {"a", "b", "c"});
+  ASSERT_EQ(claimed.size(), 3u);
+  TokenRecord checked = claimed[0].record;
   checked.next_check_due = kStoreNow + 1h;
-  TokenRecord stale = (*claimed)[1].record;
+  TokenRecord stale = claimed[1].record;
   stale.lease_generation -= 1;  // as if fenced out by a newer claim
-  const TokenRecord renewing = (*claimed)[2].record;
+  const TokenRecord renewing = claimed[2].record;
   const TokenSecrets rotated = secrets("act.new", "rft.new");
 
   std::vector<StoreWrite> writes(3);
@@ -623,17 +631,13 @@ TEST_F(StoreTest, AWriteBatchFencesEachWriteAlone) {
 // alone: the batch's other writes are stored, so one bad record cannot block every commit.
 TEST_F(StoreTest, AWriteRefusedForItselfFailsAloneInItsBatch) {
   auto store = open(key_);
-  for (const char* a : {"a", "b", "c"}) {
-    ASSERT_TRUE(
-        store->upsert(new_token(a), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow)));
-  }
-  auto claimed = store->claim_due(kStoreNow, 3, "daemon", 1min, kAllProviders);
-  ASSERT_EQ(claimed->size(), 3u);
+  const std::vector<DueToken> claimed = add_and_claim(*store, {"a", "b", "c"});
+  ASSERT_EQ(claimed.size(), 3u);
   raw_exec(
       "CREATE TRIGGER refuse_b BEFORE UPDATE OF next_check_due ON tokens "
       "WHEN NEW.account_id = 'b' BEGIN SELECT RAISE(ABORT, 'refused'); END");
   std::vector<TokenRecord> records;
-  for (const DueToken& d : *claimed) {
+  for (const DueToken& d : claimed) {
     records.push_back(d.record);
     records.back().next_check_due = kStoreNow + 1h;
   }

@@ -148,6 +148,15 @@ class WorkerTest : public ::testing::Test {
 
   TokenRecord get(const std::string& id) { return **store_->find(id); }
 
+  // Makes the token's renewal and check both due now (written under a lease, as any writer).
+  void make_both_due(const std::string& id) {
+    ASSERT_TRUE(store_->claim(id, clock_.now(), "setup", 1s));
+    TokenRecord r = get(id);
+    r.next_refresh_due = clock_.now();
+    r.next_check_due = clock_.now();
+    ASSERT_TRUE(store_->save(r, nullptr, "setup", LeaseAction::kRelease));
+  }
+
   boost::asio::io_context io_;
   FakeClock clock_{kWorkerStart};
   Policy policy_{PolicyConfig::from(Config{}), [] { return 0.0; }};
@@ -710,13 +719,8 @@ TEST_F(WorkerTest, StopWaitsForARetriedCommitOfRotatedSecrets) {
 TEST_F(WorkerTest, AStopBeforeTheTurnsWritesSendsNothingNewAndKeepsNoLease) {
   for (int step = 0; step < 2; ++step) {
     build();
-    const std::string id = add("stop-" + std::to_string(step), std::nullopt);  // renewal due
-    TokenRecord r = get(id);
-    ASSERT_TRUE(store_->claim(id, clock_.now(), "setup", 1s));
-    r = get(id);
-    r.next_refresh_due = clock_.now();
-    r.next_check_due = clock_.now();
-    ASSERT_TRUE(store_->save(r, nullptr, "setup", LeaseAction::kRelease));
+    const std::string id = add("stop-" + std::to_string(step), std::nullopt);
+    ASSERT_NO_FATAL_FAILURE(make_both_due(id));
     const int refreshes = tiktok_.calls(Operation::kRefresh);
     worker_->start();
     io_.restart();
@@ -747,12 +751,7 @@ TEST_F(WorkerTest, AStopBeforeTheTurnsWritesSendsNothingNewAndKeepsNoLease) {
 TEST_F(WorkerTest, StopDoesNotWaitForAQueuedCheck) {
   build();
   const std::string id = add("both", std::nullopt);
-  TokenRecord r = get(id);
-  ASSERT_TRUE(store_->claim(id, clock_.now(), "setup", 1s));
-  r = get(id);
-  r.next_refresh_due = clock_.now();
-  r.next_check_due = clock_.now();
-  ASSERT_TRUE(store_->save(r, nullptr, "setup", LeaseAction::kRelease));
+  ASSERT_NO_FATAL_FAILURE(make_both_due(id));
   tiktok_.hold(true);
   worker_->start();
   settle();
