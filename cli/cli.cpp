@@ -24,7 +24,7 @@
 #include "scheduler/clock.h"
 #include "scheduler/policy.h"
 #include "storage/crypto.h"
-#include "storage/sqlite_token_store.h"
+#include "storage/open_store.h"
 #include "worker/daemon.h"
 
 namespace tw {
@@ -323,8 +323,8 @@ struct Invocation {
     return c;
   }
 
-  Result<std::unique_ptr<SqliteTokenStore>> store(const Config& c, OpenMode mode) {
-    return open_token_store(c.database, c.key, env.credentials_directory, mode);
+  Result<std::unique_ptr<TokenStore>> store(const Config& c, OpenMode mode) {
+    return open_token_store(c.storage, c.database, c.key, env.credentials_directory, mode);
   }
 };
 
@@ -424,7 +424,7 @@ int cmd_add(Invocation& inv, const AddArgs& args) {
   if (!token) return report(inv.env, token.error());
   auto secrets = read_stdin_secrets(inv.env, token->kind);
   if (!secrets) return report(inv.env, secrets.error());
-  return with_store(inv, OpenMode::kCreate, [&](const Config& config, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kCreate, [&](const Config& config, TokenStore& store) {
     Policy policy = make_policy(config);
     auto result =
         store.upsert(*token, *secrets, now, [&](TokenRecord& r) { policy.schedule_new(r, now); });
@@ -517,7 +517,7 @@ int cmd_import(Invocation& inv, const ImportArgs& args) {
   defaults.provider = args.provider;
   defaults.kind = args.kind;
   defaults.workspace = args.workspace;
-  return with_store(inv, OpenMode::kCreate, [&](const Config& config, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kCreate, [&](const Config& config, TokenStore& store) {
     Policy policy = make_policy(config);
     const ScheduleFn schedule = [&](TokenRecord& r) {
       policy.schedule_new(r, now);
@@ -605,7 +605,7 @@ int cmd_list(Invocation& inv, const ListArgs& args) {
     if (!filter.state) return report(inv.env, usage("unknown state \"" + args.state + "\""));
   }
   if (!args.workspace.empty()) filter.workspace_id = args.workspace;
-  return with_store(inv, OpenMode::kExisting, [&](const Config&, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config&, TokenStore& store) {
     auto rows = store.list(filter);
     if (!rows) return report(inv.env, rows.error());
     if (args.json) {
@@ -621,7 +621,7 @@ int cmd_list(Invocation& inv, const ListArgs& args) {
 }
 
 int cmd_show(Invocation& inv, const std::string& id, bool json) {
-  return with_store(inv, OpenMode::kExisting, [&](const Config&, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config&, TokenStore& store) {
     auto row = store.find(id);
     if (!row) return report(inv.env, row.error());
     if (!*row) return no_such_token(inv.env, id);
@@ -635,7 +635,7 @@ int cmd_show(Invocation& inv, const std::string& id, bool json) {
 }
 
 int cmd_remove(Invocation& inv, const std::string& id) {
-  return with_store(inv, OpenMode::kExisting, [&](const Config&, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config&, TokenStore& store) {
     auto removed = store.remove(id);
     if (!removed) return report(inv.env, removed.error());
     if (!*removed) return no_such_token(inv.env, id);
@@ -647,7 +647,7 @@ int cmd_remove(Invocation& inv, const std::string& id) {
 // Switches a token off (no renewals, no checks) or back on. Takes the token's lease, so it never
 // races a worker that is renewing it.
 int cmd_set_enabled(Invocation& inv, const std::string& id, bool enable) {
-  return with_store(inv, OpenMode::kExisting, [&](const Config& config, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config& config, TokenStore& store) {
     const SysTime now = inv.clock.now();
     const std::string owner = cli_owner();
     auto claimed = store.claim(id, now, owner, std::chrono::minutes(1));
@@ -897,7 +897,7 @@ int cmd_status(Invocation& inv, const StatusArgs& args) {
 }
 
 int cmd_rekey(Invocation& inv) {
-  return with_store(inv, OpenMode::kExisting, [&](const Config&, SqliteTokenStore& store) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config&, TokenStore& store) {
     auto n = store.rekey();
     if (!n) return report(inv.env, n.error());
     inv.env.out << "re-encrypted " << *n << " token(s) with the current key\n";

@@ -22,7 +22,7 @@
 #include "scheduler/policy.h"
 #include "scheduler/scheduler.h"
 #include "storage/crypto.h"
-#include "storage/sqlite_token_store.h"
+#include "storage/open_store.h"
 
 namespace tw {
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <libpq-fe.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <yaml-cpp/eventhandler.h>
@@ -586,6 +587,31 @@ void parse_database(MapReader& r, DatabaseConfig& c) {
   if (c.busy_timeout > std::chrono::hours(1)) r.fail("busy_timeout", "must be at most 1h");
 }
 
+void parse_postgres(MapReader& r, PostgresConfig& c) {
+  r.string("dsn", c.dsn);
+  r.secret("dsn_secret", c.dsn_secret, Need::kOptional);
+  r.period("lock_timeout", c.lock_timeout);
+  r.period("statement_timeout", c.statement_timeout);
+  r.finish();
+  if (r.has("dsn") && r.has("dsn_secret")) r.fail("dsn_secret", "give dsn or dsn_secret, not both");
+  if (!c.dsn.empty()) {
+    if (auto bad = check_dsn(c.dsn, DsnSource::kConfigFile); !bad.empty()) r.fail("dsn", bad);
+  }
+}
+
+void parse_storage(MapReader& r, StorageConfig& c) {
+  std::string backend = "sqlite";
+  r.one_of("backend", backend, {"sqlite", "postgres"});
+  c.backend =
+      backend == "postgres" ? StorageConfig::Backend::kPostgres : StorageConfig::Backend::kSqlite;
+  if (auto s = r.section("postgres")) parse_postgres(*s, c.postgres);
+  r.finish();
+  if (c.backend == StorageConfig::Backend::kPostgres && c.postgres.dsn.empty() &&
+      c.postgres.dsn_secret.empty()) {
+    r.fail("postgres", "backend postgres needs postgres.dsn or postgres.dsn_secret");
+  }
+}
+
 void parse_key(MapReader& r, KeyConfig& c) {
   r.string("file", c.file);
   r.strings("previous_files", c.previous_files);
@@ -749,6 +775,7 @@ void parse_notify(MapReader& r, NotifyConfig& c) {
 }
 
 void parse_sections(MapReader& r, Config& c) {
+  if (auto s = r.section("storage")) parse_storage(*s, c.storage);
   if (auto s = r.section("database")) parse_database(*s, c.database);
   if (auto s = r.section("key")) parse_key(*s, c.key);
   if (auto s = r.section("providers")) parse_providers(*s, c.providers);
@@ -842,6 +869,30 @@ const ProviderLimits& ProvidersConfig::limits(Provider p) const {
       return tiktok.limits;
   }
   die("unknown provider");
+}
+
+std::string check_dsn(const std::string& dsn, DsnSource source) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(dsn.c_str(), &err);
+  if (opts == nullptr) {
+    std::string why = err != nullptr ? err : "out of memory";
+    PQfreemem(err);
+    // libpq's message may quote the string, which may hold a password: keep only its gist.
+    return "not a valid PostgreSQL connection string (" + why.substr(0, why.find_first_of("\"\n")) +
+           ")";
+  }
+  bool has_password = false;
+  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
+    if (std::string_view(o->keyword) == "password" && o->val != nullptr && *o->val != '\0') {
+      has_password = true;
+    }
+  }
+  PQconninfoFree(opts);
+  if (has_password && source == DsnSource::kConfigFile) {
+    return "holds a password; put the connection string in a file and name it with dsn_secret "
+           "(e.g. {credential: tokenwarden.pgdsn}), or use libpq's ~/.pgpass";
+  }
+  return {};
 }
 
 Result<Secret> SecretRef::resolve() const {

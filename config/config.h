@@ -46,6 +46,28 @@ struct DatabaseConfig {
   bool operator==(const DatabaseConfig&) const = default;
 };
 
+// PostgreSQL, when several instances share one schedule (storage.backend: postgres).
+struct PostgresConfig {
+  // A libpq connection string (keyword=value or a postgresql:// URI), TLS options included. It
+  // must not hold a password: use dsn_secret for a DSN that does, or libpq's ~/.pgpass.
+  std::string dsn;
+  // Instead of dsn: a secret reference to a file holding the DSN (e.g. a systemd credential).
+  SecretRef dsn_secret;
+  Millis lock_timeout = std::chrono::seconds(5);        // wait this long for a row lock: "busy"
+  Millis statement_timeout = std::chrono::seconds(30);  // cancel a statement after this long
+
+  bool operator==(const PostgresConfig&) const = default;
+};
+
+// Which database holds the tokens and the schedule.
+struct StorageConfig {
+  enum class Backend { kSqlite, kPostgres };
+  Backend backend = Backend::kSqlite;  // sqlite: the `database` section; postgres: `postgres`
+  PostgresConfig postgres;
+
+  bool operator==(const StorageConfig&) const = default;
+};
+
 struct KeyConfig {
   // 32 random bytes (raw, or 64 hex digits), mode 0600 or stricter. When $CREDENTIALS_DIRECTORY
   // holds `tokenwarden.key` (systemd LoadCredential=), that file is used instead.
@@ -205,6 +227,7 @@ struct DebugConfig {
 };
 
 struct Config {
+  StorageConfig storage;
   DatabaseConfig database;
   KeyConfig key;
   ProvidersConfig providers;
@@ -218,6 +241,13 @@ struct Config {
 
   std::string source;  // the file it came from, for messages
 };
+
+// Where a PostgreSQL connection string came from: the config file, which must not hold a
+// password, or a secret reference.
+enum class DsnSource { kConfigFile, kSecret };
+// Empty when `dsn` is a connection string libpq accepts (and, from the config file, holds no
+// password); otherwise why not, never quoting the string.
+std::string check_dsn(const std::string& dsn, DsnSource source);
 
 // Parses YAML text. `source` names it in error messages (a path or "<string>").
 // On failure the Error (Errc::kConfig) message is one line: "<source>:<line>: <key.path>: <why>".

@@ -20,8 +20,11 @@
 #include <unistd.h>
 
 #include "core/fs.h"
+#include "storage/store_common.h"
 
 namespace tw {
+
+using namespace store_detail;
 
 namespace {
 
@@ -117,17 +120,6 @@ END;
 )sql",
 }};
 
-constexpr const char* kColumns =
-    "id, provider, kind, workspace_id, account_id, scopes, expires_at, refresh_expires_at, "
-    "next_refresh_due, next_check_due, state, state_since, consecutive_failures, "
-    "last_error_class, last_error_message, last_error_at, last_refreshed_at, last_checked_at, "
-    "connected_at, created_at, updated_at, lease_owner, lease_until, "
-    "access_token IS NOT NULL, refresh_token IS NOT NULL, last_error_operation, "
-    "lease_generation, renewal_in_doubt_since";
-
-constexpr std::string_view kAccessField = "access_token";
-constexpr std::string_view kRefreshField = "refresh_token";
-
 // The schedule queries: for each provider served and each due column, the earliest rows through
 // the (provider, due) partial index, O(log n + limit) each; then merged. ?1 is now, ?2 the limit.
 std::string due_query(const ProviderSet& providers, bool earliest_only) {
@@ -143,11 +135,6 @@ std::string due_query(const ProviderSet& providers, bool earliest_only) {
   }
   if (sql.empty()) return "SELECT NULL, NULL WHERE 0";
   return "SELECT id, due FROM (" + sql + ") ORDER BY due" + (earliest_only ? " LIMIT 1" : "");
-}
-
-std::optional<SysTime> get_time(const SQLite::Column& c) {
-  if (c.isNull()) return std::nullopt;
-  return from_unix(c.getInt64());
 }
 
 void bind_time(SQLite::Statement& q, int index, const std::optional<SysTime>& t) {
@@ -170,53 +157,16 @@ std::string text_of(std::string_view s) {
   return std::string(s);
 }
 
-// Decodes a row selected with kColumns. Values the CHECK constraints allow always parse; anything
-// else means the file was edited by hand, which is reported, not trusted.
+// A row of a SQLite statement, as decode_row() reads it.
+struct SqliteRow {
+  SQLite::Statement& q;
+  bool null(int i) const { return q.getColumn(i).isNull(); }
+  std::string text(int i) const { return q.getColumn(i).getString(); }
+  std::int64_t int64(int i) const { return q.getColumn(i).getInt64(); }
+};
+
 Result<TokenRecord> read_row(SQLite::Statement& q) {
-  TokenRecord r;
-  r.id = q.getColumn(0).getString();
-  auto provider = parse_provider(q.getColumn(1).getString());
-  auto kind = parse_token_kind(q.getColumn(2).getString());
-  auto state = parse_token_state(q.getColumn(10).getString());
-  auto error_class = parse_error_class(q.getColumn(13).getString());
-  if (!provider || !kind || !state || !error_class) {
-    return Error(Errc::kCorrupt, "token " + r.id +
-                                     " has an unknown provider, kind, state or "
-                                     "error class in the database");
-  }
-  r.provider = *provider;
-  r.kind = *kind;
-  r.workspace_id = q.getColumn(3).getString();
-  r.account_id = q.getColumn(4).getString();
-  r.scopes = q.getColumn(5).getString();
-  r.expires_at = get_time(q.getColumn(6));
-  r.refresh_expires_at = get_time(q.getColumn(7));
-  r.next_refresh_due = get_time(q.getColumn(8));
-  r.next_check_due = get_time(q.getColumn(9));
-  r.state = *state;
-  r.state_since = from_unix(q.getColumn(11).getInt64());
-  r.consecutive_failures = q.getColumn(12).getInt();
-  r.last_error_class = *error_class;
-  r.last_error_message = q.getColumn(14).getString();
-  r.last_error_at = get_time(q.getColumn(15));
-  r.last_refreshed_at = get_time(q.getColumn(16));
-  r.last_checked_at = get_time(q.getColumn(17));
-  r.connected_at = from_unix(q.getColumn(18).getInt64());
-  r.created_at = from_unix(q.getColumn(19).getInt64());
-  r.updated_at = from_unix(q.getColumn(20).getInt64());
-  r.lease_owner = q.getColumn(21).isNull() ? "" : q.getColumn(21).getString();
-  r.lease_until = get_time(q.getColumn(22));
-  r.has_access_token = q.getColumn(23).getInt() != 0;
-  r.has_refresh_token = q.getColumn(24).getInt() != 0;
-  r.lease_generation = q.getColumn(26).getInt64();
-  r.renewal_in_doubt_since = get_time(q.getColumn(27));
-  if (std::string op = q.getColumn(25).getString(); !op.empty()) {
-    r.last_error_operation = parse_operation(op);
-    if (!r.last_error_operation) {
-      return Error(Errc::kCorrupt, "token " + r.id + " has an unknown last_error_operation");
-    }
-  }
-  return r;
+  return decode_row(SqliteRow{q});
 }
 
 // Every row `q` yields.
@@ -270,25 +220,6 @@ auto guarded(std::string_view what, F&& body) -> decltype(body()) {
     return Error(Errc::kStorage, std::string(what) + ": " + e.what());
   }
 }
-
-Result<std::string> new_token_id() {
-  std::array<unsigned char, 8> raw{};
-  if (RAND_bytes(raw.data(), static_cast<int>(raw.size())) != 1) {
-    return Error(Errc::kInternal, "cannot generate a token id: RAND_bytes failed");
-  }
-  return "tok_" + to_hex(raw);
-}
-
-// Whether someone (anyone, this worker included) holds an unexpired lease on `r`.
-bool lease_held(const TokenRecord& r, SysTime now) {
-  return !r.lease_owner.empty() && r.lease_until && *r.lease_until > now;
-}
-
-// A token's two secrets, sealed; absent ones are not stored.
-struct SealedPair {
-  std::optional<Blob> access;
-  std::optional<Blob> refresh;
-};
 
 // Makes sure the database file exists (creating it with mode 0600 before SQLite sees it, so the
 // database and its -wal and -shm files are never readable by others, whatever the umask) and that
@@ -349,10 +280,12 @@ class Cached {
 };
 
 struct SqliteTokenStore::Impl {
-  Impl(std::unique_ptr<SQLite::Database> d, Cipher c) : db(std::move(d)), cipher(std::move(c)) {}
+  Impl(std::unique_ptr<SQLite::Database> d, Cipher c, std::string p)
+      : db(std::move(d)), cipher(std::move(c)), path(std::move(p)) {}
 
   std::unique_ptr<SQLite::Database> db;
   Cipher cipher;
+  std::string path;
   // Prepared statements by their SQL (declared after db: finalized before it closes). Parsing
   // and planning an UPDATE costs more than running it.
   struct CachedEntry {
@@ -375,21 +308,8 @@ struct SqliteTokenStore::Impl {
   Result<UpsertResult> upsert_locked(const NewToken& token, const TokenSecrets& secrets,
                                      SysTime now, const ScheduleFn& schedule);
 
-  // Both secrets sealed for token `id`; an empty secret becomes an absent blob.
   Result<SealedPair> seal(const TokenSecrets& s, const std::string& id) {
-    SealedPair out;
-    const std::pair<const Secret*, std::optional<Blob>*> fields[] = {
-        {&s.access_token, &out.access}, {&s.refresh_token, &out.refresh}};
-    std::string_view name = kAccessField;
-    for (const auto& [secret, slot] : fields) {
-      if (!secret->empty()) {
-        auto blob = cipher.seal(*secret, id, name);
-        if (!blob) return blob.error();
-        *slot = std::move(*blob);
-      }
-      name = kRefreshField;
-    }
-    return out;
+    return store_detail::seal(cipher, s, id);
   }
 
   // Decrypts the blob in column `col` of `q` (absent: an empty Secret).
@@ -450,13 +370,7 @@ struct SqliteTokenStore::Impl {
     std::string holder = q.getColumn(0).isNull() ? "" : q.getColumn(0).getString();
     const std::int64_t generation = q.getColumn(1).getInt64();
     if (holder != owner || generation != lease.generation) {
-      return Error(Errc::kLeaseLost, "token " + lease.id + " is no longer leased by " +
-                                         std::string(owner) + " with generation " +
-                                         std::to_string(lease.generation) +
-                                         (holder.empty() ? " (it was reconnected or released)"
-                                                         : " (now " + holder + ", generation " +
-                                                               std::to_string(generation) + ")") +
-                                         ": this result is stale and was not stored");
+      return lease_lost(lease, owner, holder, generation);
     }
     return Ok();
   }
@@ -616,8 +530,13 @@ std::string_view SqliteTokenStore::migration_sql(int from_version) {
   return kMigrations[static_cast<std::size_t>(from_version)];
 }
 
-SqliteTokenStore::SqliteTokenStore(std::unique_ptr<SQLite::Database> db, Cipher cipher)
-    : impl_(std::make_unique<Impl>(std::move(db), std::move(cipher))) {}
+SqliteTokenStore::SqliteTokenStore(std::unique_ptr<SQLite::Database> db, Cipher cipher,
+                                   std::string path)
+    : impl_(std::make_unique<Impl>(std::move(db), std::move(cipher), std::move(path))) {}
+
+std::string SqliteTokenStore::describe() const {
+  return "SQLite database " + impl_->path;
+}
 
 SqliteTokenStore::~SqliteTokenStore() = default;
 
@@ -640,7 +559,8 @@ Result<std::unique_ptr<SqliteTokenStore>> SqliteTokenStore::open(const std::stri
     db->exec("PRAGMA synchronous = FULL");
     db->exec("PRAGMA secure_delete = ON");
     db->exec("PRAGMA foreign_keys = ON");
-    std::unique_ptr<SqliteTokenStore> store(new SqliteTokenStore(std::move(db), std::move(cipher)));
+    std::unique_ptr<SqliteTokenStore> store(
+        new SqliteTokenStore(std::move(db), std::move(cipher), path));
     if (auto st = store->impl_->migrate(path); !st) return st.error();
     return store;
   });
@@ -653,39 +573,10 @@ Result<UpsertResult> SqliteTokenStore::Impl::upsert_locked(const NewToken& token
   auto existing =
       select_by("provider = ?1 AND account_id = ?2", to_string(token.provider), token.account_id);
   if (!existing) return existing.error();
-  UpsertResult out;
-  TokenRecord& r = out.record;
-  out.created = !existing->has_value();
-  r.state = TokenState::kActive;
-  if (out.created) {
-    auto id = new_token_id();
-    if (!id) return id.error();
-    r.id = std::move(*id);
-    r.created_at = now;
-  } else {
-    // A reconnect: the same row, fresh secrets, a clean slate; an operator's `disable` stands.
-    // The generation bump below fences out a worker that is mid-refresh with the old secrets.
-    const TokenRecord& old = **existing;
-    r.id = old.id;
-    r.created_at = old.created_at;
-    r.last_checked_at = old.last_checked_at;
-    r.lease_generation = old.lease_generation + 1;
-    if (old.state == TokenState::kDisabled) r.state = TokenState::kDisabled;
-  }
-  r.provider = token.provider;
-  r.kind = token.kind;
-  r.workspace_id = token.workspace_id;
-  r.account_id = token.account_id;
-  r.scopes = token.scopes;
-  r.expires_at = token.expires_at;
-  r.refresh_expires_at = token.refresh_expires_at;
-  r.state_since = now;
-  r.connected_at = now;
-  r.updated_at = now;
-  r.has_access_token = !secrets.access_token.empty();
-  r.has_refresh_token = !secrets.refresh_token.empty();
-  schedule(r);
-
+  auto built = build_upsert(token, secrets, now, *existing, schedule);
+  if (!built) return built.error();
+  UpsertResult& out = *built;
+  const TokenRecord& r = out.record;
   auto sealed = seal(secrets, r.id);
   if (!sealed) return sealed.error();
   if (out.created) {
@@ -698,7 +589,7 @@ Result<UpsertResult> SqliteTokenStore::Impl::upsert_locked(const NewToken& token
     fence.bind(2, static_cast<int64_t>(r.lease_generation));
     fence.exec();
   }
-  return out;
+  return built;
 }
 
 Result<UpsertResult> SqliteTokenStore::upsert(const NewToken& token, const TokenSecrets& secrets,
@@ -973,11 +864,7 @@ std::vector<Status> SqliteTokenStore::write_batch(std::span<const StoreWrite> wr
       sealed[i] = std::move(*s);
     }
   }
-  const std::string what = writes.size() == 1
-                               ? (writes[0].kind == StoreWrite::Kind::kSave
-                                      ? "saving token " + writes[0].record->id
-                                      : "recording a renewal attempt on " + writes[0].lease.id)
-                               : "saving " + std::to_string(writes.size()) + " tokens";
+  const std::string what = describe_batch(writes);
   Status st = guarded(what, [&]() -> Status {
     SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
     for (std::size_t i = 0; i < writes.size(); ++i) {
@@ -1094,16 +981,6 @@ Result<std::string> SqliteTokenStore::explain_schedule_queries() {
     }
     return out;
   });
-}
-
-Result<std::unique_ptr<SqliteTokenStore>> open_token_store(const DatabaseConfig& database,
-                                                           const KeyConfig& key,
-                                                           const std::string& credentials_directory,
-                                                           OpenMode mode) {
-  auto keys = load_key_ring(key.file, key.previous_files, credentials_directory);
-  if (!keys) return keys.error();
-  return SqliteTokenStore::open(database.path, database.busy_timeout, Cipher(std::move(*keys)),
-                                mode);
 }
 
 }  // namespace tw

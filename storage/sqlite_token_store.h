@@ -79,23 +79,16 @@ class SqliteTokenStore final : public TokenStore {
   Result<std::size_t> rekey() override;
   Result<std::size_t> count_sealed_with_old_keys() override;
 
-  // The schema version of the open database (for tests and `tokenwarden show --db`).
-  Result<int> schema_version();
+  Result<int> schema_version() override;
+  std::string describe() const override;
   // EXPLAIN QUERY PLAN of the statements behind earliest_due() and claim_due(), one line per
   // step, so a test can prove they use the indexes.
   Result<std::string> explain_schedule_queries();
 
  private:
-  SqliteTokenStore(std::unique_ptr<SQLite::Database> db, Cipher cipher);
+  SqliteTokenStore(std::unique_ptr<SQLite::Database> db, Cipher cipher, std::string path);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-// The store as configured: loads the key ring (see load_key_ring; `credentials_directory` is
-// $CREDENTIALS_DIRECTORY or empty) and opens the database.
-Result<std::unique_ptr<SqliteTokenStore>> open_token_store(const DatabaseConfig& database,
-                                                           const KeyConfig& key,
-                                                           const std::string& credentials_directory,
-                                                           OpenMode mode);
 
 }  // namespace tw

@@ -211,6 +211,12 @@ class TokenStore {
   // Tokens with a secret still sealed with a key other than the current one: 0 means an old key
   // can be retired.
   virtual Result<std::size_t> count_sealed_with_old_keys() = 0;
+
+  // The schema version of the database.
+  virtual Result<int> schema_version() = 0;
+  // Where the tokens are, for messages and logs: "SQLite database PATH" or "PostgreSQL host=...
+  // dbname=..." (never a password).
+  virtual std::string describe() const = 0;
 };
 
 }  // namespace tw

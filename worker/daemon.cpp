@@ -28,7 +28,8 @@ Result<std::unique_ptr<Daemon>> Daemon::build(const Config& config,
   d->config = config;
   d->credentials_directory = credentials_directory;
 
-  auto store = open_token_store(config.database, config.key, credentials_directory, mode);
+  auto store =
+      open_token_store(config.storage, config.database, config.key, credentials_directory, mode);
   if (!store) return store.error();
   d->store = std::move(*store);
 

@@ -23,7 +23,7 @@
 #include "scheduler/clock.h"
 #include "scheduler/policy.h"
 #include "scheduler/scheduler.h"
-#include "storage/sqlite_token_store.h"
+#include "storage/open_store.h"
 #include "worker/service.h"
 #include "worker/status.h"
 #include "worker/worker.h"
@@ -36,7 +36,7 @@ struct Daemon {
   Config config;  // as loaded (or last reloaded)
   std::string credentials_directory;
   std::shared_ptr<spdlog::logger> log;
-  std::unique_ptr<SqliteTokenStore> store;
+  std::unique_ptr<TokenStore> store;
   std::unique_ptr<CurlTransport> http;
   std::vector<std::unique_ptr<ProviderClient>> clients;
   std::unique_ptr<Policy> policy;

@@ -71,6 +71,9 @@ void expect_errors(const std::vector<Case>& cases) {
 // Every field of the non-provider sections equals its default.
 void expect_default_sections(const Config& c) {
   const Config d;
+  EXPECT_EQ(c.storage.backend, StorageConfig::Backend::kSqlite);
+  EXPECT_EQ(c.storage.postgres.lock_timeout, 5s);
+  EXPECT_EQ(c.storage.postgres.statement_timeout, 30s);
   EXPECT_EQ(c.database.path, "/var/lib/tokenwarden/tokens.db");
   EXPECT_EQ(c.database.busy_timeout, 5s);
   EXPECT_EQ(c.key.file, d.key.file);
@@ -221,6 +224,13 @@ TEST(ConfigExample, DocumentsEveryKey) {
                           "max_backoff:",
                           "jitter:",
                           "malformed_cap:",
+                          "storage:",
+                          "backend:",
+                          "postgres:",
+                          "dsn:",
+                          "dsn_secret:",
+                          "lock_timeout:",
+                          "statement_timeout:",
                           "scheduler:",
                           "lease:",
                           "batch_size:",
@@ -450,7 +460,8 @@ TEST(ConfigErrors, UnknownKeyFarFromAnyListsTheAllowedKeys) {
       {"log:\n  level: info\n  colour: red\n",
        "test.yaml:3: log.colour: unknown key (allowed: level, format, summary_every)"},
       {"features: {}\n",
-       "test.yaml:1: features: unknown key (allowed: database, key, providers, http, retry, "
+       "test.yaml:1: features: unknown key (allowed: storage, database, key, providers, http, "
+       "retry, "
        "scheduler, status, log, notify, debug)"},
       {"providers:\n  facebook: {}\n",
        "test.yaml:2: providers.facebook: unknown key (allowed: meta, google, tiktok)"},
@@ -952,6 +963,47 @@ TEST(ConfigLoad, ErrorsNameTheFile) {
 
 // ---------------------------------------------------------------------------------------------
 // Notifications.
+
+TEST(ConfigStorage, PostgresFromADsnOrASecret) {
+  Config c = parse_ok(
+      "storage:\n  backend: postgres\n  postgres:\n"
+      "    dsn: \"host=db1 dbname=tw sslmode=verify-full\"\n    lock_timeout: 2s\n");
+  EXPECT_EQ(c.storage.backend, StorageConfig::Backend::kPostgres);
+  EXPECT_EQ(c.storage.postgres.dsn, "host=db1 dbname=tw sslmode=verify-full");
+  EXPECT_EQ(c.storage.postgres.lock_timeout, 2s);
+  Config s = parse_ok(
+      "storage:\n  backend: postgres\n  postgres:\n    dsn_secret: {credential: tw.pgdsn}\n");
+  EXPECT_EQ(s.storage.postgres.dsn_secret.source, SecretRef::Source::kCredential);
+  EXPECT_EQ(s.storage.postgres.dsn_secret.name, "tw.pgdsn");
+  EXPECT_EQ(parse_ok("storage: {backend: sqlite}").storage.backend,
+            StorageConfig::Backend::kSqlite);
+}
+
+TEST(ConfigStorage, Errors) {
+  expect_errors({
+      {"storage: {backend: mysql}",
+       "test.yaml:1: storage.backend: expected one of sqlite, postgres; got \"mysql\""},
+      {"storage:\n  backend: postgres\n",
+       "test.yaml:1: storage.postgres: backend postgres needs postgres.dsn or "
+       "postgres.dsn_secret"},
+      {"storage:\n  postgres:\n    dsn: \"host=db1\"\n    dsn_secret: {env: X}\n",
+       "test.yaml:4: storage.postgres.dsn_secret: give dsn or dsn_secret, not both"},
+      // The password is never quoted back.
+      {"storage:\n  postgres:\n    dsn: \"host=db1 password=hunter2\"\n",
+       "test.yaml:3: storage.postgres.dsn: holds a password; put the connection string in a file "
+       "and name it with dsn_secret (e.g. {credential: tokenwarden.pgdsn}), or use libpq's "
+       "~/.pgpass"},
+      {"storage:\n  postgres:\n    dsn: \"postgresql://tw:hunter2@db1/tw\"\n",
+       "test.yaml:3: storage.postgres.dsn: holds a password; put the connection string in a file "
+       "and name it with dsn_secret (e.g. {credential: tokenwarden.pgdsn}), or use libpq's "
+       "~/.pgpass"},
+      {"storage:\n  postgres:\n    dsn: \"host='db1\"\n",
+       "test.yaml:3: storage.postgres.dsn: not a valid PostgreSQL connection string (unterminated "
+       "quoted string in connection info string)"},
+      {"storage:\n  postgres: {dns: x}\n",
+       "test.yaml:2: storage.postgres.dns: unknown key (did you mean \"dsn\"?)"},
+  });
+}
 
 TEST(ConfigNotify, ReadsEveryField) {
   Config c = parse_ok(R"(notify:

@@ -11,7 +11,7 @@
 #include "config/config.h"
 #include "scheduler/clock.h"
 #include "scheduler/policy.h"
-#include "storage/sqlite_token_store.h"
+#include "storage/open_store.h"
 #include "tests/support/child_process.h"
 #include "tests/support/notify_socket.h"
 #include "tests/test_util.h"
@@ -76,7 +76,8 @@ class DaemonBlackBox : public ::testing::Test {
   void seed(const std::vector<std::tuple<json, Provider, TokenKind>>& grants) {
     auto config = load_config(dir_.file("tokenwarden.yaml"));
     ASSERT_TRUE(config) << config.error().message();
-    auto store = open_token_store(config->database, config->key, "", OpenMode::kCreate);
+    auto store =
+        open_token_store(config->storage, config->database, config->key, "", OpenMode::kCreate);
     ASSERT_TRUE(store) << store.error().message();
     Policy policy(PolicyConfig::from(*config), [] { return 0.0; });
     const SysTime now = SystemClock().now();
@@ -96,9 +97,10 @@ class DaemonBlackBox : public ::testing::Test {
     }
   }
 
-  std::unique_ptr<SqliteTokenStore> store() {
+  std::unique_ptr<TokenStore> store() {
     auto config = load_config(dir_.file("tokenwarden.yaml"));
-    return std::move(*open_token_store(config->database, config->key, "", OpenMode::kExisting));
+    return std::move(
+        *open_token_store(config->storage, config->database, config->key, "", OpenMode::kExisting));
   }
 
   testing::TempDir dir_;

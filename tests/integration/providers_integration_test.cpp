@@ -16,7 +16,7 @@
 #include "providers/provider.h"
 #include "scheduler/policy.h"
 #include "scheduler/scheduler.h"
-#include "storage/sqlite_token_store.h"
+#include "storage/open_store.h"
 #include "tests/test_util.h"
 #include "tools/provider-sim/http_server.h"
 #include "tools/provider-sim/simulator.h"

@@ -41,6 +41,8 @@ class FaultyStore final : public TokenStore {
   Result<std::optional<TokenRecord>> find(std::string_view id) override { return inner_.find(id); }
   Result<std::vector<TokenRecord>> list(const ListFilter& f) override { return inner_.list(f); }
   Result<bool> remove(std::string_view id) override { return inner_.remove(id); }
+  Result<int> schema_version() override { return inner_.schema_version(); }
+  std::string describe() const override { return inner_.describe(); }
   Result<std::vector<StateCounts>> count_by_state() override { return inner_.count_by_state(); }
   Result<TokenSecrets> read_secrets(const TokenRecord& r) override {
     if (r.id == unreadable_) {

@@ -45,7 +45,7 @@
 #include "scheduler/clock.h"
 #include "scheduler/policy.h"
 #include "storage/crypto.h"
-#include "storage/sqlite_token_store.h"
+#include "storage/open_store.h"
 #include "tests/support/child_process.h"
 #include "tests/test_util.h"
 
@@ -163,7 +163,7 @@ class Harness {
 
   // Seeds (or re-seeds: a reconnecting customer) the grant in the simulator and adds its tokens
   // to the store, as `tokenwarden add` would.
-  bool connect(tw::SqliteTokenStore& store, const std::string& account) {
+  bool connect(tw::TokenStore& store, const std::string& account) {
     const Grant& g = grants_.at(account);
     auto reply = admin("POST", "/admin/seed", g.spec);
     if (!reply) return false;
@@ -352,8 +352,8 @@ class Harness {
     return pass ? 0 : 1;
   }
 
-  std::unique_ptr<tw::SqliteTokenStore> open_store(tw::OpenMode mode) {
-    auto store = tw::open_token_store(config_.database, config_.key, "", mode);
+  std::unique_ptr<tw::TokenStore> open_store(tw::OpenMode mode) {
+    auto store = tw::open_token_store(config_.storage, config_.database, config_.key, "", mode);
     if (!store) {
       std::cerr << "crash harness: " << store.error().message() << "\n";
       return nullptr;

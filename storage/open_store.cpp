@@ -1,0 +1,42 @@
+#include "storage/open_store.h"
+
+#include "storage/pg_token_store.h"
+
+namespace tw {
+
+Result<std::string> postgres_dsn(const PostgresConfig& postgres) {
+  if (postgres.dsn_secret.empty()) return postgres.dsn;
+  auto secret = postgres.dsn_secret.resolve();
+  if (!secret) return secret.error();
+  std::string dsn(secret->reveal());
+  if (auto bad = check_dsn(dsn, DsnSource::kSecret); !bad.empty()) {
+    return Error(Errc::kConfig, "storage.postgres.dsn_secret: " + bad);
+  }
+  return dsn;
+}
+
+Result<std::unique_ptr<TokenStore>> open_token_store(const StorageConfig& storage,
+                                                     const DatabaseConfig& database,
+                                                     const KeyConfig& key,
+                                                     const std::string& credentials_directory,
+                                                     OpenMode mode) {
+  auto keys = load_key_ring(key.file, key.previous_files, credentials_directory);
+  if (!keys) return keys.error();
+  if (storage.backend == StorageConfig::Backend::kSqlite) {
+    auto store = SqliteTokenStore::open(database.path, database.busy_timeout,
+                                        Cipher(std::move(*keys)), mode);
+    if (!store) return store.error();
+    return std::unique_ptr<TokenStore>(std::move(*store));
+  }
+  auto dsn = postgres_dsn(storage.postgres);
+  if (!dsn) return dsn.error();
+  PgOptions options;
+  options.dsn = std::move(*dsn);
+  options.lock_timeout = storage.postgres.lock_timeout;
+  options.statement_timeout = storage.postgres.statement_timeout;
+  auto store = PgTokenStore::open(options, Cipher(std::move(*keys)), mode);
+  if (!store) return store.error();
+  return std::unique_ptr<TokenStore>(std::move(*store));
+}
+
+}  // namespace tw

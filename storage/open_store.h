@@ -1,0 +1,28 @@
+// open_token_store: the TokenStore the configuration names, SQLite or PostgreSQL.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "config/config.h"
+#include "core/result.h"
+#include "storage/sqlite_token_store.h"
+#include "storage/token_store.h"
+
+namespace tw {
+
+// Loads the key ring (see load_key_ring; `credentials_directory` is $CREDENTIALS_DIRECTORY or
+// empty) and opens the store of `storage.backend`: the SQLite file of `database`, or the
+// PostgreSQL database of `storage.postgres` (its DSN read from dsn_secret when given). Fails with
+// a message naming the database, never a password.
+Result<std::unique_ptr<TokenStore>> open_token_store(const StorageConfig& storage,
+                                                     const DatabaseConfig& database,
+                                                     const KeyConfig& key,
+                                                     const std::string& credentials_directory,
+                                                     OpenMode mode);
+
+// The PostgreSQL connection string of `postgres`: dsn, or the secret dsn_secret names (which may
+// hold a password, and is checked like dsn otherwise).
+Result<std::string> postgres_dsn(const PostgresConfig& postgres);
+
+}  // namespace tw
