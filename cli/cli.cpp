@@ -916,14 +916,152 @@ int cmd_rekey(Invocation& inv) {
   });
 }
 
+struct MigrateArgs {
+  std::string from, to;
+  std::size_t batch = 1000;
+  bool force = false;
+};
+
+// The store a --from / --to argument names: sqlite:PATH or postgres:DSN; with nothing after the
+// colon, the configuration's database.path or storage.postgres. A DSN on the command line must
+// not hold a password (argv is visible to every user of the host).
+Result<std::unique_ptr<TokenStore>> open_named_store(Invocation& inv, const Config& config,
+                                                     const std::string& flag,
+                                                     const std::string& spec, OpenMode mode) {
+  const std::size_t colon = spec.find(':');
+  const std::string kind = spec.substr(0, colon);
+  const std::string rest = colon == std::string::npos ? "" : spec.substr(colon + 1);
+  StorageConfig storage = config.storage;
+  DatabaseConfig database = config.database;
+  if (kind == "sqlite") {
+    storage.backend = StorageConfig::Backend::kSqlite;
+    if (!rest.empty()) database.path = rest;
+  } else if (kind == "postgres") {
+    storage.backend = StorageConfig::Backend::kPostgres;
+    if (!rest.empty()) {
+      if (auto bad = check_dsn(rest, DsnSource::kConfigFile); !bad.empty()) {
+        return usage(flag + ": the connection string " + bad);
+      }
+      storage.postgres.dsn = rest;
+      storage.postgres.dsn_secret = {};
+    } else if (storage.postgres.dsn.empty() && storage.postgres.dsn_secret.empty()) {
+      return usage(flag + " postgres: names the configuration's storage.postgres, which " +
+                   inv.config_path + " does not set; give postgres:DSN");
+    }
+  } else {
+    return usage(flag +
+                 " must be sqlite:PATH or postgres:DSN (or sqlite: / postgres: for the "
+                 "configured one), not \"" +
+                 kind + ":...\"");
+  }
+  return open_token_store(storage, database, config.key, inv.env.credentials_directory, mode);
+}
+
+int cmd_migrate(Invocation& inv, const MigrateArgs& args) {
+  auto config = inv.config();
+  if (!config) return report(inv.env, config.error());
+  auto from = open_named_store(inv, *config, "--from", args.from, OpenMode::kExisting);
+  if (!from) return report(inv.env, from.error());
+  auto to = open_named_store(inv, *config, "--to", args.to, OpenMode::kCreate);
+  if (!to) return report(inv.env, to.error());
+  TokenStore& src = **from;
+  TokenStore& dst = **to;
+  std::ostream& err = inv.env.err;
+  if (src.describe() == dst.describe()) {
+    return report(inv.env, usage("--from and --to name the same store: " + src.describe()));
+  }
+  // Copying into a store that already holds tokens would mix two schedules.
+  auto present = dst.count_by_state();
+  if (!present) return report(inv.env, present.error());
+  std::size_t already = 0;
+  for (const StateCounts& c : *present)
+    already += c.count;
+  if (already > 0) {
+    return report(inv.env, Error(Errc::kAlreadyExists,
+                                 dst.describe() + " already holds " + std::to_string(already) +
+                                     " token(s): migrate copies into an empty store only"));
+  }
+  // A daemon still working on the source would renew tokens after their copy was taken, and
+  // the copy would hold refresh tokens the provider has already retired.
+  const SysTime now = inv.clock.now();
+  std::size_t total = 0;
+  for (std::string after;;) {
+    auto batch = src.read_sealed(after, args.batch);
+    if (!batch) return report(inv.env, batch.error());
+    for (const SealedToken& t : *batch) {
+      if (!args.force && !t.record.lease_owner.empty() && t.record.lease_until &&
+          *t.record.lease_until > now) {
+        return report(
+            inv.env,
+            Error(Errc::kLeaseLost,
+                  "token " + t.record.id + " is being worked on by " + t.record.lease_owner +
+                      " until " + format_time(*t.record.lease_until) +
+                      ": stop every tokenwarden "
+                      "process using " +
+                      src.describe() + " first (or pass --force if that process is dead)"));
+      }
+    }
+    total += batch->size();
+    if (batch->size() < args.batch) break;
+    after = batch->back().record.id;
+  }
+  // The copy: sealed secrets as they are, batch by batch, never decrypted.
+  std::size_t copied = 0;
+  for (std::string after;;) {
+    auto batch = src.read_sealed(after, args.batch);
+    if (!batch) return report(inv.env, batch.error());
+    if (auto st = dst.write_sealed(*batch); !st) {
+      err << "tokenwarden: error: " << st.error().message() << "\n"
+          << "tokenwarden: " << copied << " of " << total << " token(s) were copied to "
+          << dst.describe() << " before this; empty it before running migrate again\n";
+      return exit_code_for(st.error());
+    }
+    copied += batch->size();
+    err << "tokenwarden: copied " << copied << " of " << total << " token(s)\n";
+    if (batch->size() < args.batch) break;
+    after = batch->back().record.id;
+  }
+  // Proof that the copy is whole and usable: every secret opens with the configured key ring
+  // (in memory only), as it does in the source.
+  std::size_t opened = 0;
+  std::vector<std::string> unreadable;
+  for (std::string after;;) {
+    auto batch = dst.read_sealed(after, args.batch);
+    if (!batch) return report(inv.env, batch.error());
+    for (const SealedToken& t : *batch) {
+      if (dst.read_secrets(t.record)) {
+        ++opened;
+      } else if (src.read_secrets(t.record)) {
+        unreadable.push_back(t.record.id);
+      } else {
+        err << "tokenwarden: warning: token " << t.record.id
+            << " does not decrypt with the configured key, in the source either\n";
+      }
+    }
+    if (batch->size() < args.batch) break;
+    after = batch->back().record.id;
+  }
+  if (!unreadable.empty()) {
+    err << "tokenwarden: error: " << unreadable.size() << " token(s) decrypt in the source but "
+        << "not in the copy, first " << unreadable.front() << "\n";
+    return kExitFailure;
+  }
+  inv.env.out << "migrated " << copied << " token(s) from " << src.describe() << " to "
+              << dst.describe() << "; " << opened
+              << " decrypt with the configured key.\nNext: point storage (storage.backend, "
+                 "storage.postgres or database.path) at the new store in "
+              << inv.config_path << ", then start tokenwarden.\n";
+  return copied == total ? kExitOk : kExitFailure;
+}
+
 }  // namespace
 
 int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   Invocation inv(env);
   CLI::App app{"tokenwarden " TW_VERSION
                ": keeps third-party OAuth tokens (Meta, Google, TikTok) alive.\n"
-               "Tokens are stored AES-256-GCM encrypted in SQLite; secrets are read only from "
-               "stdin and never printed.",
+               "Tokens are stored AES-256-GCM encrypted in SQLite or PostgreSQL; secrets are read "
+               "only from stdin and never printed.",
                "tokenwarden"};
   app.footer(kExitCodes);
   app.require_subcommand(1);
@@ -1057,6 +1195,29 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
       "Re-encrypt every secret sealed with a previous key (key.previous_files) with the\n"
       "current key. Run after rotating the key file; then retire the old key.");
 
+  MigrateArgs migrate_args;
+  auto* migrate = app.add_subcommand(
+      "migrate",
+      "Copy every token, its schedule and its state from one store to an empty other, e.g.\n"
+      "from the SQLite file to PostgreSQL when scaling out. Secrets are copied sealed, never\n"
+      "decrypted; afterwards each is opened in memory with the configured key to prove the\n"
+      "copy usable. Stop every tokenwarden process using the source first.");
+  migrate
+      ->add_option("--from", migrate_args.from,
+                   "sqlite:PATH or postgres:DSN; sqlite: or postgres: alone means the configured "
+                   "database.path or storage.postgres")
+      ->required();
+  migrate
+      ->add_option("--to", migrate_args.to,
+                   "The same forms. A DSN given here must not hold a password: use the "
+                   "configured storage.postgres.dsn_secret or libpq's ~/.pgpass")
+      ->required();
+  migrate->add_option("--batch", migrate_args.batch, "Tokens per transaction")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  migrate->add_flag("--force", migrate_args.force,
+                    "Copy even though a token is leased (the process holding it is known dead)");
+
   std::string simulate_dir;
   int simulate_days = 35;
   auto* simulate = app.add_subcommand(
@@ -1094,6 +1255,7 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   if (*disable) return cmd_set_enabled(inv, disable_id, false);
   if (*enable) return cmd_set_enabled(inv, enable_id, true);
   if (*rekey) return cmd_rekey(inv);
+  if (*migrate) return cmd_migrate(inv, migrate_args);
   if (*status) return cmd_status(inv, status_args);
   if (*run) return cmd_run(inv);
   if (*refresh) return cmd_forced(inv, refresh_args, Operation::kRefresh);

@@ -118,6 +118,8 @@ struct TokenRecord {
   // set after a crash, a lost reply or a timeout. The provider may then have rotated the refresh
   // token and told nobody, so if the next renewal is refused the token is "in doubt", not revoked.
   std::optional<SysTime> renewal_in_doubt_since;
+
+  bool operator==(const TokenRecord&) const = default;
 };
 
 struct TokenSecrets {

@@ -954,6 +954,67 @@ Result<std::size_t> PgTokenStore::pull_in_checks(Provider provider, SysTime now,
   });
 }
 
+namespace {
+
+// A BYTEA field, or absent when NULL.
+std::optional<Blob> get_blob(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  pqxx::binarystring b(f);
+  return Blob(b.data(), b.data() + b.size());
+}
+
+}  // namespace
+
+Result<std::vector<SealedToken>> PgTokenStore::read_sealed(std::string_view after_id,
+                                                           std::size_t limit) {
+  return impl_->guarded("reading tokens", [&]() -> Result<std::vector<SealedToken>> {
+    pqxx::read_transaction t(*impl_->conn);
+    const pqxx::result rows =
+        impl_->exec(t,
+                    std::string("SELECT ") + kColumns +
+                        ", access_token, refresh_token, reauth_notified_since FROM tokens "
+                        "WHERE id > $1 ORDER BY id LIMIT $2::bigint",
+                    Params().text(after_id).int64(static_cast<std::int64_t>(limit)));
+    std::vector<SealedToken> out;
+    out.reserve(rows.size());
+    for (const pqxx::row& row : rows) {
+      auto r = decode_row(PgRow{row});
+      if (!r) return r.error();
+      SealedToken tok;
+      tok.record = std::move(*r);
+      tok.access_token = get_blob(row[kColumnCount]);
+      tok.refresh_token = get_blob(row[kColumnCount + 1]);
+      if (!row[kColumnCount + 2].is_null()) {
+        tok.reauth_notified_since = from_unix(row[kColumnCount + 2].as<std::int64_t>());
+      }
+      out.push_back(std::move(tok));
+    }
+    return out;
+  });
+}
+
+Status PgTokenStore::write_sealed(std::span<const SealedToken> tokens) {
+  return impl_->guarded("copying tokens in", [&]() -> Status {
+    pqxx::work t(*impl_->conn);
+    for (const SealedToken& tok : tokens) {
+      const TokenRecord& r = tok.record;
+      const pqxx::result clash = impl_->exec(
+          t, "SELECT id FROM tokens WHERE id = $1 OR (provider = $2 AND account_id = $3)",
+          Params().text(r.id).text(to_string(r.provider)).text(r.account_id));
+      if (!clash.empty() || !impl_->insert(t, r, SealedPair{tok.access_token, tok.refresh_token})) {
+        return Error(Errc::kAlreadyExists,
+                     "token " + r.id + " (" + std::string(to_string(r.provider)) + " account " +
+                         r.account_id + ") is already stored here" +
+                         (clash.empty() ? "" : " as " + std::string(clash[0][0].c_str())));
+      }
+      impl_->exec(t, "UPDATE tokens SET reauth_notified_since = $2::bigint WHERE id = $1",
+                  Params().text(r.id).time(tok.reauth_notified_since));
+    }
+    t.commit();
+    return Ok();
+  });
+}
+
 Result<std::size_t> PgTokenStore::rekey() {
   return impl_->guarded("re-encrypting tokens", [&]() -> Result<std::size_t> {
     std::size_t rewritten = 0;

@@ -892,6 +892,73 @@ std::vector<Status> SqliteTokenStore::write_batch(std::span<const StoreWrite> wr
   return out;
 }
 
+namespace {
+
+// A BLOB column, or absent when NULL.
+std::optional<Blob> get_blob(const SQLite::Column& c) {
+  if (c.isNull()) return std::nullopt;
+  const auto* data = static_cast<const std::uint8_t*>(c.getBlob());
+  return Blob(data, data + c.getBytes());
+}
+
+}  // namespace
+
+Result<std::vector<SealedToken>> SqliteTokenStore::read_sealed(std::string_view after_id,
+                                                               std::size_t limit) {
+  return guarded("reading tokens", [&]() -> Result<std::vector<SealedToken>> {
+    Cached q_held = impl_->cached(std::string("SELECT ") + kColumns +
+                                  ", access_token, refresh_token, reauth_notified_since "
+                                  "FROM tokens WHERE id > ?1 ORDER BY id LIMIT ?2");
+    SQLite::Statement& q = *q_held;
+    q.bind(1, text_of(after_id));
+    q.bind(2, static_cast<std::int64_t>(limit));
+    std::vector<SealedToken> out;
+    while (q.executeStep()) {
+      auto r = read_row(q);
+      if (!r) return r.error();
+      SealedToken t;
+      t.record = std::move(*r);
+      t.access_token = get_blob(q.getColumn(kColumnCount));
+      t.refresh_token = get_blob(q.getColumn(kColumnCount + 1));
+      const SQLite::Column notified = q.getColumn(kColumnCount + 2);
+      if (!notified.isNull()) t.reauth_notified_since = from_unix(notified.getInt64());
+      out.push_back(std::move(t));
+    }
+    return out;
+  });
+}
+
+Status SqliteTokenStore::write_sealed(std::span<const SealedToken> tokens) {
+  return guarded("copying tokens in", [&]() -> Status {
+    SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
+    for (const SealedToken& t : tokens) {
+      const TokenRecord& r = t.record;
+      Cached clash_held = impl_->cached(
+          "SELECT id FROM tokens WHERE id = ?1 OR (provider = ?2 AND account_id = ?3)");
+      SQLite::Statement& clash = *clash_held;
+      clash.bind(1, r.id);
+      clash.bind(2, text_of(to_string(r.provider)));
+      clash.bind(3, r.account_id);
+      if (clash.executeStep()) {
+        return Error(Errc::kAlreadyExists, "token " + r.id + " (" +
+                                               std::string(to_string(r.provider)) + " account " +
+                                               r.account_id + ") is already stored here as " +
+                                               clash.getColumn(0).getString());
+      }
+      impl_->insert(r, SealedPair{t.access_token, t.refresh_token});
+      Cached q_held = impl_->cached(
+          "UPDATE tokens SET lease_generation = ?2, reauth_notified_since = ?3 WHERE id = ?1");
+      SQLite::Statement& q = *q_held;
+      q.bind(1, r.id);
+      q.bind(2, static_cast<std::int64_t>(r.lease_generation));
+      bind_time(q, 3, t.reauth_notified_since);
+      q.exec();
+    }
+    tx.commit();
+    return Ok();
+  });
+}
+
 Result<std::size_t> SqliteTokenStore::rekey() {
   return guarded("re-encrypting tokens", [&]() -> Result<std::size_t> {
     std::size_t rewritten = 0;

@@ -79,6 +79,9 @@ class SqliteTokenStore final : public TokenStore {
   Result<std::size_t> rekey() override;
   Result<std::size_t> count_sealed_with_old_keys() override;
 
+  Result<std::vector<SealedToken>> read_sealed(std::string_view after_id,
+                                               std::size_t limit) override;
+  Status write_sealed(std::span<const SealedToken> tokens) override;
   Result<int> schema_version() override;
   std::string describe() const override;
   // EXPLAIN QUERY PLAN of the statements behind earliest_due() and claim_due(), one line per

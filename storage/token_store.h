@@ -28,6 +28,7 @@
 #include "core/result.h"
 #include "core/time.h"
 #include "core/token.h"
+#include "storage/crypto.h"
 
 namespace tw {
 
@@ -104,6 +105,16 @@ struct StoreWrite {
   LeaseAction lease_action = LeaseAction::kRelease;  // kSave
   LeaseRef lease;                                    // kBeginRenewal: the lease held
   SysTime at{};                                      // kBeginRenewal: when it goes out
+};
+
+// A token as stored, secrets still sealed: what `tokenwarden migrate` copies from one store to
+// another without ever decrypting (the envelopes are bound to the token id and field, which the
+// copy keeps, not to the store).
+struct SealedToken {
+  TokenRecord record;
+  std::optional<Blob> access_token;
+  std::optional<Blob> refresh_token;
+  std::optional<SysTime> reauth_notified_since;
 };
 
 // Sets the due times of a record that is about to be written.
@@ -211,6 +222,13 @@ class TokenStore {
   // Tokens with a secret still sealed with a key other than the current one: 0 means an old key
   // can be retired.
   virtual Result<std::size_t> count_sealed_with_old_keys() = 0;
+
+  // Up to `limit` tokens with ids greater than `after_id`, in id order, secrets sealed as stored.
+  virtual Result<std::vector<SealedToken>> read_sealed(std::string_view after_id,
+                                                       std::size_t limit) = 0;
+  // Inserts `tokens` exactly as given (ids, schedule, state, sealed secrets; leases left out), in
+  // one transaction: all or, when any id or (provider, account_id) is already stored, none.
+  virtual Status write_sealed(std::span<const SealedToken> tokens) = 0;
 
   // The schema version of the database.
   virtual Result<int> schema_version() = 0;

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 
 #include "core/time.h"
+#include "tests/support/pg_test_db.h"
 #include "tests/test_util.h"
 
 namespace tw {
@@ -88,7 +89,7 @@ TEST_F(Cli, HelpDescribesEveryCommandAndTheExitCodes) {
     EXPECT_NE(r.out.find(word), std::string::npos) << word << "\n" << r.out;
   }
   for (const char* cmd : {"keygen", "add", "import", "list", "show", "remove", "disable", "enable",
-                          "rekey", "simulate", "run", "refresh", "check"}) {
+                          "rekey", "migrate", "simulate", "run", "refresh", "check"}) {
     CliRun h = run({cmd, "--help"}, "", false);
     EXPECT_EQ(h.exit_code, 0) << cmd << h.err;
     EXPECT_NE(h.out.find("Usage"), std::string::npos) << cmd;
@@ -443,6 +444,52 @@ TEST_F(Cli, StatusIsAMonitoringCheck) {
   EXPECT_NE(mangled.err.find("is not a tokenwarden status file"), std::string::npos);
   write_status(now(), 0);
   EXPECT_EQ(run({"status", "--file", path, "--stale-after", "soon"}).exit_code, 2);
+}
+
+// Scaling out: the SQLite store copied to PostgreSQL, secrets sealed all the way, and the
+// configuration switched over: the same tokens, schedule and state, secrets that open, and a
+// second copy into the now non-empty store refused.
+TEST_F(Cli, MigratesTheSqliteStoreToPostgresAndOnlyIntoAnEmptyOne) {
+  testing::PgTestSchema pg;
+  ASSERT_TRUE(pg.ok()) << pg.error();
+  ASSERT_EQ(add("biz-1", "act.MIGRATE-ACCESS-1\nrft.MIGRATE-REFRESH-1\n").exit_code, 0);
+  const CliRun second = add("biz-2", "act.MIGRATE-ACCESS-2\nrft.MIGRATE-REFRESH-2\n");
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  ASSERT_EQ(run({"disable", id_from(second.out)}).exit_code, 0) << "a state worth copying";
+  const CliRun before = run({"list", "--json"});
+
+  const CliRun with_password =
+      run({"migrate", "--from", "sqlite:", "--to", "postgres:host=/tmp password=hunter2"});
+  EXPECT_EQ(with_password.exit_code, 2) << with_password.err;
+  EXPECT_NE(with_password.err.find("password"), std::string::npos) << with_password.err;
+  EXPECT_EQ(with_password.err.find("hunter2"), std::string::npos) << with_password.err;
+
+  const CliRun done = run({"migrate", "--from", "sqlite:", "--to", "postgres:" + pg.dsn()});
+  ASSERT_EQ(done.exit_code, 0) << done.err;
+  EXPECT_NE(done.out.find("migrated 2 token(s)"), std::string::npos) << done.out;
+  EXPECT_NE(done.out.find("2 decrypt with the configured key"), std::string::npos) << done.out;
+  EXPECT_EQ((done.out + done.err).find("MIGRATE-"), std::string::npos) << "no secret printed";
+  const auto rows = pg.exec("SELECT access_token, refresh_token FROM tokens");
+  ASSERT_EQ(rows.size(), 2u);
+  for (const auto& row : rows) {
+    EXPECT_EQ(std::string(row[0].c_str()).find("MIGRATE"), std::string::npos);
+    EXPECT_EQ(std::string(row[1].c_str()).find("MIGRATE"), std::string::npos);
+  }
+
+  // The same configuration, pointed at PostgreSQL, sees the same tokens in the same state.
+  write_file(config_path(), "storage:\n  backend: postgres\n  postgres: {dsn: \"" + pg.dsn() +
+                                "\"}\nkey:\n  file: " + key_path() + "\n");
+  const CliRun after = run({"list", "--json"});
+  ASSERT_EQ(after.exit_code, 0) << after.err;
+  EXPECT_EQ(nlohmann::json::parse(after.out), nlohmann::json::parse(before.out));
+
+  const CliRun again = run({"migrate", "--from", "sqlite:" + db_path(), "--to", "postgres:"});
+  EXPECT_NE(again.exit_code, 0);
+  EXPECT_NE(again.err.find("already holds 2 token(s)"), std::string::npos) << again.err;
+  const CliRun same = run({"migrate", "--from", "postgres:", "--to", "postgres:"});
+  EXPECT_EQ(same.exit_code, 2) << same.err;
+  const CliRun bad = run({"migrate", "--from", "mysql:x", "--to", "postgres:"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
 }
 
 }  // namespace

@@ -885,6 +885,81 @@ TEST_P(StoreTest, SaveKeepsOrReleasesTheLeaseAndReplacesSecrets) {
   EXPECT_EQ(store->save(r, nullptr, "w", LeaseAction::kRelease).error().code(), Errc::kLeaseLost);
 }
 
+// What `tokenwarden migrate` does: rows copied with their secrets still sealed, into a store of
+// the same kind here (the CLI test copies SQLite to PostgreSQL). Everything but the lease
+// survives, the secrets open with the same key, and a copy that clashes writes nothing.
+TEST_P(StoreTest, ASealedCopyKeepsEveryFieldAndOpensWithTheSameKey) {
+  auto store = open(key_);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    ids.push_back(store
+                      ->upsert(new_token("a" + std::to_string(i)),
+                               secrets("act." + std::to_string(i), i == 2 ? "" : "rft"), kStoreNow,
+                               due_at(kStoreNow + std::chrono::minutes(i), kStoreNow + 1h))
+                      ->record.id);
+  }
+  auto claimed = store->claim(ids[1], kStoreNow, "w", 1min);
+  ASSERT_TRUE(claimed);
+  TokenRecord dead = *claimed;
+  dead.state = TokenState::kNeedsReauth;
+  dead.last_error_class = ErrorClass::kPermanent;
+  dead.last_error_message = "invalid_grant";
+  ASSERT_TRUE(store->save(dead, nullptr, "w", LeaseAction::kRelease));
+  ASSERT_TRUE(*store->mark_reauth_notified(ids[1], kStoreNow));
+  ASSERT_TRUE(store->claim(ids[3], kStoreNow, "w", 1min)) << "a lease is not copied";
+
+  // The copy's store: another file, or another schema.
+  testing::PgTestSchema other_pg;
+  std::unique_ptr<TokenStore> copy;
+  if (sqlite()) {
+    copy = std::move(*SqliteTokenStore::open(dir_.file("copy.db"), 200ms, Cipher(KeyRing(key_))));
+  } else {
+    ASSERT_TRUE(other_pg.ok()) << other_pg.error();
+    PgOptions options;
+    options.dsn = other_pg.dsn();
+    copy = std::move(*PgTokenStore::open(options, Cipher(KeyRing(key_))));
+  }
+  std::vector<SealedToken> all;
+  for (std::string after;;) {
+    auto batch = store->read_sealed(after, 2);
+    ASSERT_TRUE(batch) << batch.error().message();
+    all.insert(all.end(), batch->begin(), batch->end());
+    if (batch->size() < 2) break;
+    after = batch->back().record.id;
+  }
+  ASSERT_EQ(all.size(), 5u);
+  EXPECT_TRUE(std::is_sorted(all.begin(), all.end(), [](const auto& a, const auto& b) {
+    return a.record.id < b.record.id;
+  }));
+  ASSERT_TRUE(copy->write_sealed(all));
+  for (const std::string& id : ids) {
+    SCOPED_TRACE(id);
+    TokenRecord was = **store->find(id);
+    const TokenRecord now = **copy->find(id);
+    EXPECT_TRUE(now.lease_owner.empty());
+    was.lease_owner.clear();
+    was.lease_until.reset();
+    EXPECT_EQ(now, was);
+    const auto a = store->read_secrets(was);
+    const auto b = copy->read_secrets(now);
+    ASSERT_TRUE(b) << b.error().message();
+    EXPECT_EQ(b->access_token.reveal(), a->access_token.reveal());
+    EXPECT_EQ(b->refresh_token.reveal(), a->refresh_token.reveal());
+  }
+  EXPECT_TRUE(copy->unnotified_reauth(10)->empty()) << "the notice sent is not sent again";
+  EXPECT_EQ(copy->needing_reauth(10)->size(), 1u);
+
+  // A clash (here the same rows again, one new one first) writes nothing at all.
+  SealedToken fresh = all.front();
+  fresh.record.id = "tok_00000000000000ff";
+  fresh.record.account_id = "fresh";
+  std::vector<SealedToken> clashing{fresh, all.back()};
+  auto refused = copy->write_sealed(clashing);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), Errc::kAlreadyExists) << refused.error().message();
+  EXPECT_FALSE(copy->find(fresh.record.id)->has_value());
+}
+
 TEST_P(SqliteStoreTest, ScheduleQueriesUseTheDueIndexes) {
   auto opened = SqliteTokenStore::open(db_path(), 200ms, Cipher(KeyRing(key_)));
   ASSERT_TRUE(opened);

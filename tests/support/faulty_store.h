@@ -42,6 +42,12 @@ class FaultyStore final : public TokenStore {
   Result<std::vector<TokenRecord>> list(const ListFilter& f) override { return inner_.list(f); }
   Result<bool> remove(std::string_view id) override { return inner_.remove(id); }
   Result<int> schema_version() override { return inner_.schema_version(); }
+  Result<std::vector<SealedToken>> read_sealed(std::string_view after, std::size_t n) override {
+    return inner_.read_sealed(after, n);
+  }
+  Status write_sealed(std::span<const SealedToken> tokens) override {
+    return inner_.write_sealed(tokens);
+  }
   std::string describe() const override { return inner_.describe(); }
   Result<std::vector<StateCounts>> count_by_state() override { return inner_.count_by_state(); }
   Result<TokenSecrets> read_secrets(const TokenRecord& r) override {
