@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <unordered_map>
 
 #include <libpq-fe.h>
@@ -600,7 +601,23 @@ Result<std::unique_ptr<PgTokenStore>> PgTokenStore::open(const PgOptions& option
                                                          OpenMode mode) {
   auto impl = std::make_unique<Impl>(options, std::move(cipher));
   Impl& i = *impl;
-  auto st = i.guarded("opening the token store", [&]() -> Status { return i.migrate(mode); });
+  auto st = i.guarded("opening the token store", [&]() -> Status {
+    if (auto migrated = i.migrate(mode); !migrated) return migrated;
+    pqxx::nontransaction t(*i.conn);
+    const auto server = t.exec("SELECT floor(extract(epoch FROM clock_timestamp()))::bigint")[0][0]
+                            .as<std::int64_t>();
+    const std::int64_t skew = to_unix(options.clock()) - server;
+    if (std::abs(skew) > options.max_clock_skew.count()) {
+      return Error(Errc::kStorage,
+                   "this host's clock is " + std::to_string(std::abs(skew)) + " s " +
+                       (skew > 0 ? "ahead of" : "behind") + " the clock of " + i.target +
+                       ": instances on several hosts compare each other's lease expiries and "
+                       "due times, so their clocks must agree within " +
+                       std::to_string(options.max_clock_skew.count()) +
+                       " s; synchronise them (NTP, e.g. systemd-timesyncd)");
+    }
+    return Ok();
+  });
   if (!st) return st.error();
   return std::unique_ptr<PgTokenStore>(new PgTokenStore(std::move(impl)));
 }

@@ -22,6 +22,7 @@
 // connects again.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -40,6 +41,13 @@ struct PgOptions {
   std::string dsn;
   Millis lock_timeout = std::chrono::seconds(5);        // wait this long for a row lock
   Millis statement_timeout = std::chrono::seconds(30);  // give up on a statement after this
+  // Instances on several hosts compare lease expiries and due times written by each other's
+  // clocks: open() refuses a host whose clock differs from the server's by more than this.
+  Seconds max_clock_skew = std::chrono::seconds(30);
+  // This host's clock (tests inject a skewed one).
+  std::function<SysTime()> clock = [] {
+    return std::chrono::time_point_cast<Seconds>(std::chrono::system_clock::now());
+  };
 };
 
 class PgTokenStore final : public TokenStore {
@@ -49,8 +57,9 @@ class PgTokenStore final : public TokenStore {
   static std::string_view migration_sql(int from_version);
 
   // Connects and migrates the schema (creating it when `mode` allows; kExisting fails with
-  // Errc::kNotFound on a database without one). Fails with a message that names the server but
-  // never the DSN's password.
+  // Errc::kNotFound on a database without one), then compares this host's clock with the
+  // server's (see max_clock_skew). Fails with a message that names the server but never the
+  // DSN's password.
   static Result<std::unique_ptr<PgTokenStore>> open(const PgOptions& options, Cipher cipher,
                                                     OpenMode mode = OpenMode::kCreate);
   ~PgTokenStore() override;

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "config/config.h"
+#include "scheduler/clock.h"
 #include "storage/pg_token_store.h"
 #include "storage/sqlite_token_store.h"
 #include "tests/support/pg_test_db.h"
@@ -1122,6 +1123,21 @@ TEST_P(PgStoreTest, ScheduleQueriesUseTheDueIndexes) {
   EXPECT_EQ(plan->find("Seq Scan"), std::string::npos) << *plan;
   EXPECT_NE(plan->find("tokens_refresh_due"), std::string::npos) << *plan;
   EXPECT_NE(plan->find("tokens_check_due"), std::string::npos) << *plan;
+}
+
+// Leases and due times written on one host are compared on another: a host whose clock is off
+// would take over a token another host is still working on. It is refused at start-up.
+TEST_P(PgStoreTest, AHostWhoseClockDisagreesWithTheServerIsRefused) {
+  PgOptions options;
+  options.dsn = pg_.dsn();
+  options.clock = [] { return SystemClock().now() + 5min; };
+  auto s = PgTokenStore::open(options, Cipher(KeyRing(key_)));
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message().find("s ahead of the clock of PostgreSQL"), std::string::npos)
+      << s.error().message();
+  EXPECT_NE(s.error().message().find("NTP"), std::string::npos) << s.error().message();
+  options.clock = [] { return SystemClock().now() - 10s; };
+  EXPECT_TRUE(PgTokenStore::open(options, Cipher(KeyRing(key_))).ok()) << "within 30 s";
 }
 
 // The connection string in the config file must not carry a password; a secret may.
