@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <cstdlib>
+#include <functional>
+#include <set>
 #include <unordered_map>
 
 #include <libpq-fe.h>
@@ -140,17 +142,26 @@ class Params {
     v_.emplace_back("\\x" + to_hex(*b));
     return *this;
   }
+  Params& value(std::optional<std::string> v) {
+    v_.push_back(std::move(v));
+    return *this;
+  }
   Params& null() {
     v_.emplace_back(std::nullopt);
     return *this;
   }
-  // A text[] literal.
-  Params& text_array(const std::vector<std::string>& items) {
+  // An array literal of text-form values (NULL where absent), for a text[], bigint[], bytea[]
+  // or boolean[] parameter.
+  Params& array(const std::vector<std::optional<std::string>>& items) {
     std::string a = "{";
-    for (const std::string& s : items) {
+    for (const auto& item : items) {
       if (a.size() > 1) a += ',';
+      if (!item) {
+        a += "NULL";
+        continue;
+      }
       a += '"';
-      for (char c : s) {
+      for (char c : *item) {
         if (c == '"' || c == '\\') a += '\\';
         a += c;
       }
@@ -158,6 +169,9 @@ class Params {
     }
     v_.emplace_back(a + "}");
     return *this;
+  }
+  Params& text_array(const std::vector<std::string>& items) {
+    return array({items.begin(), items.end()});
   }
   // The placeholder of the next parameter: "$n".
   std::string next() const { return "$" + std::to_string(v_.size() + 1); }
@@ -232,6 +246,64 @@ std::string dsn_target(const std::string& dsn) {
 // Whole seconds or milliseconds, as a PostgreSQL setting value.
 std::string setting_ms(Millis m) {
   return std::to_string(m.count()) + "ms";
+}
+
+// A column of a token's row: its name, its SQL type, and its value, as a parameter's text, from
+// a record and its sealed secrets. The id, the lease generation, then every field a save writes.
+struct RecordColumn {
+  const char* name;
+  const char* type;
+  std::optional<std::string> (*value)(const TokenRecord&, const SealedPair&);
+};
+
+std::optional<std::string> num(std::int64_t v) {
+  return std::to_string(v);
+}
+std::optional<std::string> at(const std::optional<SysTime>& t) {
+  return t ? num(to_unix(*t)) : std::nullopt;
+}
+std::optional<std::string> blob(const std::optional<Blob>& b) {
+  return b ? std::optional<std::string>("\\x" + to_hex(*b)) : std::nullopt;
+}
+
+const std::vector<RecordColumn>& record_columns() {
+  using R = const TokenRecord&;
+  using S = const SealedPair&;
+  static const std::vector<RecordColumn> columns = {
+      {"id", "text", [](R r, S) -> std::optional<std::string> { return r.id; }},
+      {"lease_generation", "bigint", [](R r, S) { return num(r.lease_generation); }},
+      {"scopes", "text", [](R r, S) -> std::optional<std::string> { return r.scopes; }},
+      {"expires_at", "bigint", [](R r, S) { return at(r.expires_at); }},
+      {"refresh_expires_at", "bigint", [](R r, S) { return at(r.refresh_expires_at); }},
+      {"next_refresh_due", "bigint", [](R r, S) { return at(r.next_refresh_due); }},
+      {"next_check_due", "bigint", [](R r, S) { return at(r.next_check_due); }},
+      {"state", "text",
+       [](R r, S) -> std::optional<std::string> { return std::string(to_string(r.state)); }},
+      {"state_since", "bigint", [](R r, S) { return at(r.state_since); }},
+      {"consecutive_failures", "bigint", [](R r, S) { return num(r.consecutive_failures); }},
+      {"last_error_class", "text",
+       [](R r, S) -> std::optional<std::string> {
+         return std::string(to_string(r.last_error_class));
+       }},
+      {"last_error_message", "text",
+       [](R r, S) -> std::optional<std::string> { return r.last_error_message; }},
+      {"last_error_at", "bigint", [](R r, S) { return at(r.last_error_at); }},
+      {"last_refreshed_at", "bigint", [](R r, S) { return at(r.last_refreshed_at); }},
+      {"last_checked_at", "bigint", [](R r, S) { return at(r.last_checked_at); }},
+      {"connected_at", "bigint", [](R r, S) { return at(r.connected_at); }},
+      {"updated_at", "bigint", [](R r, S) { return at(r.updated_at); }},
+      {"last_error_operation", "text",
+       [](R r, S) -> std::optional<std::string> {
+         return std::string(r.last_error_operation ? to_string(*r.last_error_operation) : "");
+       }},
+      {"kind", "text",
+       [](R r, S) -> std::optional<std::string> { return std::string(to_string(r.kind)); }},
+      {"workspace_id", "text", [](R r, S) -> std::optional<std::string> { return r.workspace_id; }},
+      {"renewal_in_doubt_since", "bigint", [](R r, S) { return at(r.renewal_in_doubt_since); }},
+      {"access_token", "bytea", [](R, S s) { return blob(s.access); }},
+      {"refresh_token", "bytea", [](R, S s) { return blob(s.refresh); }},
+  };
+  return columns;
 }
 
 }  // namespace
@@ -317,63 +389,21 @@ struct PgTokenStore::Impl {
     return std::optional<TokenRecord>(std::move(rows->front()));
   }
 
-  // How update_fields() treats the secret columns (as SQLite's write_fields()).
-  enum class Secrets { kKeep, kMerge, kReplace };
-
-  // Writes every mutable column of `r` and, per `mode`, its secrets; releases the lease when
-  // asked; and, with `fence`, only while `owner` holds r's lease at r.lease_generation, or, with
-  // `set_generation`, sets the lease generation to r's (a reconnect's fence). Returns the number
-  // of rows written (0: fenced out or removed).
-  std::size_t update_fields(pqxx::transaction_base& t, const TokenRecord& r,
-                            const SealedPair* sealed, Secrets mode, bool release_lease,
-                            std::optional<std::string_view> fence_owner, bool set_generation) {
+  // A reconnect by `add`: every column of `r`, its secrets exactly as given (an absent one is
+  // removed), the lease released and its generation set to r's, which fences out a worker still
+  // busy with the old secrets.
+  void reconnect(pqxx::transaction_base& t, const TokenRecord& r, const SealedPair& sealed) {
     Params p;
-    std::string sql = "UPDATE tokens SET ";
-    auto set = [&](const char* column, auto&& add) {
-      if (sql.back() != ' ') sql += ", ";
-      sql += std::string(column) + " = " + p.next();
-      add();
-    };
-    set("scopes", [&] { p.text(r.scopes); });
-    set("expires_at", [&] { p.time(r.expires_at); });
-    set("refresh_expires_at", [&] { p.time(r.refresh_expires_at); });
-    set("next_refresh_due", [&] { p.time(r.next_refresh_due); });
-    set("next_check_due", [&] { p.time(r.next_check_due); });
-    set("state", [&] { p.text(to_string(r.state)); });
-    set("state_since", [&] { p.time(r.state_since); });
-    set("consecutive_failures", [&] { p.int64(r.consecutive_failures); });
-    set("last_error_class", [&] { p.text(to_string(r.last_error_class)); });
-    set("last_error_message", [&] { p.text(r.last_error_message); });
-    set("last_error_at", [&] { p.time(r.last_error_at); });
-    set("last_refreshed_at", [&] { p.time(r.last_refreshed_at); });
-    set("last_checked_at", [&] { p.time(r.last_checked_at); });
-    set("connected_at", [&] { p.time(r.connected_at); });
-    set("updated_at", [&] { p.time(r.updated_at); });
-    set("last_error_operation",
-        [&] { p.text(r.last_error_operation ? to_string(*r.last_error_operation) : ""); });
-    set("kind", [&] { p.text(to_string(r.kind)); });
-    set("workspace_id", [&] { p.text(r.workspace_id); });
-    set("renewal_in_doubt_since", [&] { p.time(r.renewal_in_doubt_since); });
-    if (mode == Secrets::kMerge) {
-      sql += ", access_token = COALESCE(" + p.next() + "::bytea, access_token)";
-      p.blob(sealed->access);
-      sql += ", refresh_token = COALESCE(" + p.next() + "::bytea, refresh_token)";
-      p.blob(sealed->refresh);
-    } else if (mode == Secrets::kReplace) {
-      set("access_token", [&] { p.blob(sealed->access); });
-      set("refresh_token", [&] { p.blob(sealed->refresh); });
+    std::string set;
+    for (const RecordColumn& c : record_columns()) {
+      if (std::string_view(c.name) == "id") continue;
+      set += (set.empty() ? "" : ", ") + std::string(c.name) + " = " + p.next() + "::" + c.type;
+      p.value(c.value(r, sealed));
     }
-    if (set_generation) set("lease_generation", [&] { p.int64(r.lease_generation); });
-    if (release_lease) sql += ", lease_owner = NULL, lease_until = NULL";
-    sql += " WHERE id = " + p.next();
+    const std::string sql = "UPDATE tokens SET " + set +
+                            ", lease_owner = NULL, lease_until = NULL WHERE id = " + p.next();
     p.text(r.id);
-    if (fence_owner) {
-      sql += " AND lease_owner = " + p.next();
-      p.text(*fence_owner);
-      sql += " AND lease_generation = " + p.next();
-      p.int64(r.lease_generation);
-    }
-    return exec(t, sql, p).affected_rows();
+    exec(t, sql, p);
   }
 
   // Why a fenced write of `lease` by `owner` wrote nothing.
@@ -388,64 +418,108 @@ struct PgTokenStore::Impl {
   // One write of write_batch(), inside its transaction.
   Status write_one(pqxx::transaction_base& t, const StoreWrite& w, const SealedPair& sealed,
                    std::string_view owner) {
-    if (w.kind == StoreWrite::Kind::kSave) {
-      const TokenRecord& r = *w.record;
-      if (update_fields(t, r, &sealed, w.new_secrets != nullptr ? Secrets::kMerge : Secrets::kKeep,
-                        w.lease_action == LeaseAction::kRelease, owner, false) == 1) {
-        return Ok();
+    std::vector<Status> out{Ok()};
+    write_many(t, {&w, 1}, {sealed}, out, owner);
+    return std::move(out.front());
+  }
+
+  // Every write of a batch in two statements, one for the saves and one for the renewal
+  // attempts, each row fenced in the WHERE clause as write_one() fences it; a write whose row was
+  // not updated then learns why from fenced_out(). The same effect as write_one() on each write,
+  // in two round trips instead of one per write. Each token may appear once in `writes`.
+  void write_many(pqxx::transaction_base& t, std::span<const StoreWrite> writes,
+                  const std::vector<SealedPair>& sealed, std::vector<Status>& out,
+                  std::string_view owner) {
+    using Value = std::optional<std::string>;
+    const std::vector<RecordColumn>& columns = record_columns();
+    std::vector<std::vector<Value>> saves(columns.size() + 1);  // and whether to release
+    std::vector<std::vector<Value>> renewals(3);
+    std::vector<std::size_t> pending;
+    for (std::size_t i = 0; i < writes.size(); ++i) {
+      if (!out[i]) continue;
+      const StoreWrite& w = writes[i];
+      pending.push_back(i);
+      if (w.kind == StoreWrite::Kind::kSave) {
+        for (std::size_t c = 0; c < columns.size(); ++c) {
+          saves[c].push_back(columns[c].value(*w.record, sealed[i]));
+        }
+        saves.back().push_back(w.lease_action == LeaseAction::kRelease ? "t" : "f");
+      } else {
+        renewals[0].push_back(w.lease.id);
+        renewals[1].push_back(std::to_string(w.lease.generation));
+        renewals[2].push_back(std::to_string(to_unix(w.at)));
       }
-      return fenced_out(t, {r.id, r.lease_generation}, owner);
     }
-    // An earlier attempt still in doubt keeps its time: that is when the doubt began.
-    auto written = exec(t,
-                        "UPDATE tokens SET renewal_in_doubt_since = "
-                        "COALESCE(renewal_in_doubt_since, $2::bigint) "
-                        "WHERE id = $1 AND lease_owner = $3 AND lease_generation = $4::bigint",
-                        Params().text(w.lease.id).time(w.at).text(owner).int64(w.lease.generation));
-    if (written.affected_rows() == 1) return Ok();
-    return fenced_out(t, w.lease, owner);
+    std::set<std::string> written;
+    if (!saves[0].empty()) {
+      Params p;
+      std::string set, from, names;
+      for (std::size_t c = 0; c <= columns.size(); ++c) {
+        const bool release = c == columns.size();
+        const std::string name = release ? "release" : columns[c].name;
+        from += (c == 0 ? "" : ", ") + p.next() +
+                "::" + (release ? std::string("boolean") : columns[c].type) + "[]";
+        names += (c == 0 ? "" : ", ") + name;
+        p.array(saves[c]);
+        if (release || name == "id" || name == "lease_generation") continue;
+        set += set.empty() ? "" : ", ";
+        // An absent secret keeps the stored one, as save() without new_secrets does.
+        set += name == "access_token" || name == "refresh_token"
+                   ? name + " = COALESCE(v." + name + ", t." + name + ")"
+                   : name + " = v." + name;
+      }
+      set +=
+          ", lease_owner = CASE WHEN v.release THEN NULL ELSE t.lease_owner END, "
+          "lease_until = CASE WHEN v.release THEN NULL ELSE t.lease_until END";
+      const std::string sql = "UPDATE tokens AS t SET " + set + " FROM unnest(" + from +
+                              ") AS v (" + names +
+                              ") WHERE t.id = v.id AND t.lease_owner = " + p.next() +
+                              " AND t.lease_generation = v.lease_generation RETURNING t.id";
+      p.text(owner);
+      for (const pqxx::row& row : exec(t, sql, p))
+        written.insert(row[0].c_str());
+    }
+    if (!renewals[0].empty()) {
+      // An earlier attempt still in doubt keeps its time: that is when the doubt began.
+      const pqxx::result rows =
+          exec(t,
+               "UPDATE tokens AS t SET renewal_in_doubt_since = "
+               "COALESCE(t.renewal_in_doubt_since, v.at) "
+               "FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS v (id, generation, at) "
+               "WHERE t.id = v.id AND t.lease_owner = $4 AND t.lease_generation = v.generation "
+               "RETURNING t.id",
+               Params().array(renewals[0]).array(renewals[1]).array(renewals[2]).text(owner));
+      for (const pqxx::row& row : rows)
+        written.insert(row[0].c_str());
+    }
+    for (std::size_t i : pending) {
+      const StoreWrite& w = writes[i];
+      const LeaseRef lease = w.kind == StoreWrite::Kind::kSave
+                                 ? LeaseRef{w.record->id, w.record->lease_generation}
+                                 : w.lease;
+      if (!written.contains(lease.id)) out[i] = fenced_out(t, lease, owner);
+    }
   }
 
   // Inserts a new token; false when another process inserted the same (provider, account_id)
   // first (then nothing was written).
   bool insert(pqxx::transaction_base& t, const TokenRecord& r, const SealedPair& sealed) {
     Params p;
-    p.text(r.id)
-        .text(to_string(r.provider))
-        .text(to_string(r.kind))
-        .text(r.workspace_id)
-        .text(r.account_id)
-        .text(r.scopes)
-        .blob(sealed.access)
-        .blob(sealed.refresh)
-        .time(r.expires_at)
-        .time(r.refresh_expires_at)
-        .time(r.next_refresh_due)
-        .time(r.next_check_due)
-        .text(to_string(r.state))
-        .time(r.state_since)
-        .time(r.connected_at)
-        .time(r.created_at)
-        .time(r.updated_at)
-        .int64(r.lease_generation)
-        .int64(r.consecutive_failures)
-        .text(to_string(r.last_error_class))
-        .text(r.last_error_operation ? to_string(*r.last_error_operation) : "")
-        .text(r.last_error_message)
-        .time(r.last_error_at)
-        .time(r.last_refreshed_at)
-        .time(r.last_checked_at)
-        .time(r.renewal_in_doubt_since);
+    std::string names = "provider, account_id, created_at";
+    std::string values = p.next();
+    p.text(to_string(r.provider));
+    values += ", " + p.next();
+    p.text(r.account_id);
+    values += ", " + p.next() + "::bigint";
+    p.time(r.created_at);
+    for (const RecordColumn& c : record_columns()) {
+      names += ", " + std::string(c.name);
+      values += ", " + p.next() + "::" + c.type;
+      p.value(c.value(r, sealed));
+    }
     return exec(t,
-                "INSERT INTO tokens (id, provider, kind, workspace_id, account_id, scopes, "
-                "access_token, refresh_token, expires_at, refresh_expires_at, next_refresh_due, "
-                "next_check_due, state, state_since, connected_at, created_at, updated_at, "
-                "lease_generation, consecutive_failures, last_error_class, last_error_operation, "
-                "last_error_message, last_error_at, last_refreshed_at, last_checked_at, "
-                "renewal_in_doubt_since) VALUES ($1, $2, $3, $4, $5, $6, $7::bytea, $8::bytea, "
-                "$9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, "
-                "$25, $26) "
-                "ON CONFLICT (provider, account_id) DO NOTHING",
+                "INSERT INTO tokens (" + names + ") VALUES (" + values +
+                    ") ON CONFLICT (provider, account_id) DO NOTHING",
                 p)
                .affected_rows() == 1;
   }
@@ -465,7 +539,7 @@ struct PgTokenStore::Impl {
       auto sealed = seal(cipher, secrets, built->record.id);
       if (!sealed) return sealed.error();
       if (!built->created) {
-        update_fields(t, built->record, &*sealed, Secrets::kReplace, true, std::nullopt, true);
+        reconnect(t, built->record, *sealed);
         return built;
       }
       if (insert(t, built->record, *sealed)) return built;
@@ -909,14 +983,32 @@ std::vector<Status> PgTokenStore::write_batch(std::span<const StoreWrite> writes
   }
   const std::string what = describe_batch(writes);
   const std::vector<Status> sealing = out;
-  // First every write in one plain transaction. Should the server refuse one write for itself
-  // (a constraint; in PostgreSQL that aborts the whole transaction), the batch runs again with
-  // each write under its own savepoint, so that write fails alone and the others are stored.
+  // First every write in one plain transaction: in two statements for the whole batch, or one
+  // by one when a token appears twice (the order of its writes then matters). Should the server
+  // refuse one write for itself (a constraint; in PostgreSQL that aborts the whole transaction),
+  // the batch runs again with each write under its own savepoint, so that write fails alone and
+  // the others are stored.
+  std::set<std::string> ids;
+  for (const StoreWrite& w : writes) {
+    ids.insert(w.kind == StoreWrite::Kind::kSave ? w.record->id : w.lease.id);
+  }
+  const bool all_at_once = ids.size() == writes.size();
   for (bool savepoints : {false, true}) {
     out = sealing;
     bool refused = false;
     Status st = impl_->guarded(what, [&]() -> Status {
       pqxx::work t(*impl_->conn);
+      if (!savepoints && all_at_once) {
+        try {
+          impl_->write_many(t, writes, sealed, out, owner);
+        } catch (const pqxx::sql_error& e) {
+          if (!data_error(e)) throw;
+          refused = true;
+          return Ok();
+        }
+        t.commit();
+        return Ok();
+      }
       for (std::size_t i = 0; i < writes.size(); ++i) {
         if (!out[i]) continue;
         if (!savepoints) {
