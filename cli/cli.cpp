@@ -1021,13 +1021,35 @@ int cmd_migrate(Invocation& inv, const MigrateArgs& args) {
     if (batch->size() < args.batch) break;
     after = batch->back().record.id;
   }
-  // Proof that the copy is whole and usable: every secret opens with the configured key ring
-  // (in memory only), as it does in the source.
+  // Proof that the copy is whole, usable and still current: every secret opens with the
+  // configured key ring (in memory only), as it does in the source, and the source has not
+  // changed since it was read (a process still using it would have changed it).
   std::size_t opened = 0;
   std::vector<std::string> unreadable;
+  std::string changed;
   for (std::string after;;) {
     auto batch = dst.read_sealed(after, args.batch);
     if (!batch) return report(inv.env, batch.error());
+    auto source = src.read_sealed(after, args.batch);
+    if (!source) return report(inv.env, source.error());
+    for (std::size_t i = 0; i < batch->size() && changed.empty(); ++i) {
+      const SealedToken& t = (*batch)[i];
+      if (i >= source->size()) {
+        changed = t.record.id;
+        break;
+      }
+      SealedToken was = (*source)[i];
+      was.record.lease_owner.clear();  // leases are not copied
+      was.record.lease_until.reset();
+      if (was.record != t.record || was.access_token != t.access_token ||
+          was.refresh_token != t.refresh_token ||
+          was.reauth_notified_since != t.reauth_notified_since) {
+        changed = t.record.id;
+      }
+    }
+    if (changed.empty() && source->size() != batch->size()) {
+      changed = source->size() > batch->size() ? (*source)[batch->size()].record.id : "?";
+    }
     for (const SealedToken& t : *batch) {
       if (dst.read_secrets(t.record)) {
         ++opened;
@@ -1040,6 +1062,12 @@ int cmd_migrate(Invocation& inv, const MigrateArgs& args) {
     }
     if (batch->size() < args.batch) break;
     after = batch->back().record.id;
+  }
+  if (!changed.empty()) {
+    err << "tokenwarden: error: " << src.describe() << " changed while it was copied (token "
+        << changed << "): a tokenwarden process is still using it. Stop every instance, empty "
+        << dst.describe() << ", and run migrate again\n";
+    return kExitFailure;
   }
   if (!unreadable.empty()) {
     err << "tokenwarden: error: " << unreadable.size() << " token(s) decrypt in the source but "

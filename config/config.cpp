@@ -883,7 +883,8 @@ std::string check_dsn(const std::string& dsn, DsnSource source) {
   }
   bool has_password = false;
   for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
-    if (std::string_view(o->keyword) == "password" && o->val != nullptr && *o->val != '\0') {
+    const std::string_view k = o->keyword;
+    if ((k == "password" || k == "sslpassword") && o->val != nullptr && *o->val != '\0') {
       has_password = true;
     }
   }

@@ -329,9 +329,11 @@ struct PgTokenStore::Impl {
     // Set through libpqxx, which sets them again should it ever reconnect this connection.
     c->set_variable("lock_timeout", "'" + setting_ms(options.lock_timeout) + "'");
     c->set_variable("statement_timeout", "'" + setting_ms(options.statement_timeout) + "'");
-    // Durable commits: off would let a crash of the server lose a rotated refresh token that
-    // the provider has already retired. Stronger settings (remote_apply) are kept.
-    if (c->get_variable("synchronous_commit") == "off") {
+    // Durable commits: flushed on the server and on its synchronous standbys before COMMIT
+    // returns. Anything weaker (off, local, remote_write) could let a crash lose a rotated
+    // refresh token the provider has already retired; remote_apply, stronger, is kept.
+    if (const std::string sc = c->get_variable("synchronous_commit");
+        sc != "on" && sc != "remote_apply") {
       c->set_variable("synchronous_commit", "on");
     }
     conn = std::move(c);
@@ -637,25 +639,29 @@ struct PgTokenStore::Impl {
     int n = 0;
     for (Provider p : providers) {
       for (const char* col : {"next_refresh_due", "next_check_due"}) {
-        const std::string select =
-            std::string("SELECT id, ") + col + " AS due FROM tokens WHERE provider = '" +
-            std::string(to_string(p)) + "' AND " + col +
-            (earliest_only ? " IS NOT NULL" : " <= $1::bigint") + " ORDER BY " + col;
+        const std::string where =
+            std::string(" FROM tokens WHERE provider = '") + std::string(to_string(p)) + "' AND " +
+            col + (earliest_only ? " IS NOT NULL" : " <= $1::bigint") + " ORDER BY " + col;
         if (!parts.empty()) parts += " UNION ALL ";
         if (earliest_only) {
-          parts += "(" + select + " LIMIT 1)";
+          parts += std::string("(SELECT id, ") + col + " AS due" + where + " LIMIT 1)";
         } else {
+          // The whole row, as locked: a row changed since the statement began is re-read and
+          // re-checked by the lock, and only what the lock read may decide the claim.
           const std::string name = "c" + std::to_string(n++);
-          ctes += (ctes.empty() ? "WITH " : ", ") + name + " AS (" + select +
+          ctes += (ctes.empty() ? "WITH " : ", ") + name + " AS (SELECT " + kColumns +
+                  ", access_token, refresh_token, " + col + " AS due" + where +
                   " LIMIT $2::bigint FOR UPDATE SKIP LOCKED)";
-          parts += "SELECT id, due FROM " + name;
+          parts += "SELECT * FROM " + name;
         }
       }
     }
     if (earliest_only) return "SELECT id, due FROM (" + parts + ") u ORDER BY due LIMIT 1";
-    return ctes + ", picked AS (SELECT id, MIN(due) AS due FROM (" + parts +
-           ") u GROUP BY id ORDER BY MIN(due) LIMIT $2::bigint) SELECT " + kColumns +
-           ", access_token, refresh_token FROM picked JOIN tokens USING (id) ORDER BY due";
+    // A token due on both columns comes twice (the same locked version): kept once, at its
+    // earlier due time.
+    return ctes + ", u AS (" + parts +
+           ") SELECT * FROM (SELECT DISTINCT ON (id) * FROM u ORDER BY id, due) d "
+           "ORDER BY due LIMIT $2::bigint";
   }
 };
 

@@ -10,12 +10,12 @@
 // Every write of a result is fenced on (owner, generation) in its UPDATE's WHERE clause, so a
 // worker whose lease was taken over cannot overwrite the newer owner's work.
 //
-// Durability: every transaction commits with synchronous_commit on (set for the session when the
-// server's default is off), so a rotated refresh token is on the server's disk, and on its
-// synchronous standbys if it has any, before anything uses it. The same schema and migrations as
-// SQLite, versioned in the table tokenwarden_schema and applied under an advisory lock; a
-// database from a newer tokenwarden is refused. Times are Unix seconds (BIGINT), secrets are the
-// same AES-256-GCM envelopes as SQLite's (BYTEA): the server never sees a plaintext secret.
+// Durability: every transaction commits with synchronous_commit on (set for the session unless
+// the server's default is on or remote_apply), so a rotated refresh token is on the server's
+// disk, and on its synchronous standbys if it has any, before anything uses it. The same schema and
+// migrations as SQLite, versioned in the table tokenwarden_schema and applied under an advisory
+// lock; a database from a newer tokenwarden is refused. Times are Unix seconds (BIGINT), secrets
+// are the same AES-256-GCM envelopes as SQLite's (BYTEA): the server never sees a plaintext secret.
 //
 // Failures are values, as TokenStore's: a lock or statement timeout, a serialization failure or
 // a deadlock is Errc::kBusy (retry later); a lost connection is Errc::kStorage, and the next call

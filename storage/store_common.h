@@ -23,8 +23,8 @@ inline constexpr const char* kColumns =
     "next_refresh_due, next_check_due, state, state_since, consecutive_failures, "
     "last_error_class, last_error_message, last_error_at, last_refreshed_at, last_checked_at, "
     "connected_at, created_at, updated_at, lease_owner, lease_until, "
-    "CASE WHEN access_token IS NULL THEN 0 ELSE 1 END, "
-    "CASE WHEN refresh_token IS NULL THEN 0 ELSE 1 END, last_error_operation, "
+    "CASE WHEN access_token IS NULL THEN 0 ELSE 1 END AS has_access_token, "
+    "CASE WHEN refresh_token IS NULL THEN 0 ELSE 1 END AS has_refresh_token, last_error_operation, "
     "lease_generation, renewal_in_doubt_since";
 inline constexpr int kColumnCount = 28;
 

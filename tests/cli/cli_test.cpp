@@ -6,7 +6,10 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "config/config.h"
 #include "core/time.h"
+#include "scheduler/clock.h"
+#include "storage/open_store.h"
 #include "tests/support/pg_test_db.h"
 #include "tests/test_util.h"
 
@@ -446,6 +449,8 @@ TEST_F(Cli, StatusIsAMonitoringCheck) {
   EXPECT_EQ(run({"status", "--file", path, "--stale-after", "soon"}).exit_code, 2);
 }
 
+using namespace std::chrono_literals;
+
 // Scaling out: the SQLite store copied to PostgreSQL, secrets sealed all the way, and the
 // configuration switched over: the same tokens, schedule and state, secrets that open, and a
 // second copy into the now non-empty store refused.
@@ -464,7 +469,22 @@ TEST_F(Cli, MigratesTheSqliteStoreToPostgresAndOnlyIntoAnEmptyOne) {
   EXPECT_NE(with_password.err.find("password"), std::string::npos) << with_password.err;
   EXPECT_EQ(with_password.err.find("hunter2"), std::string::npos) << with_password.err;
 
-  const CliRun done = run({"migrate", "--from", "sqlite:", "--to", "postgres:" + pg.dsn()});
+  // A token leased by a live process: refused, unless the operator knows that process is dead.
+  {
+    auto config = load_config(config_path());
+    ASSERT_TRUE(config) << config.error().message();
+    auto store =
+        open_token_store(config->storage, config->database, config->key, "", OpenMode::kExisting);
+    ASSERT_TRUE(store) << store.error().message();
+    ASSERT_TRUE((*store)->claim(id_from(second.out), SystemClock().now(), "busy-host:42", 5min));
+  }
+  const CliRun busy = run({"migrate", "--from", "sqlite:", "--to", "postgres:" + pg.dsn()});
+  EXPECT_NE(busy.exit_code, 0);
+  EXPECT_NE(busy.err.find("is being worked on by busy-host:42"), std::string::npos) << busy.err;
+  EXPECT_TRUE(pg.exec("SELECT 1 FROM tokens").empty()) << "nothing copied";
+
+  const CliRun done =
+      run({"migrate", "--from", "sqlite:", "--to", "postgres:" + pg.dsn(), "--force"});
   ASSERT_EQ(done.exit_code, 0) << done.err;
   EXPECT_NE(done.out.find("migrated 2 token(s)"), std::string::npos) << done.out;
   EXPECT_NE(done.out.find("2 decrypt with the configured key"), std::string::npos) << done.out;

@@ -993,6 +993,10 @@ TEST(ConfigStorage, Errors) {
        "test.yaml:3: storage.postgres.dsn: holds a password; put the connection string in a file "
        "and name it with dsn_secret (e.g. {credential: tokenwarden.pgdsn}), or use libpq's "
        "~/.pgpass"},
+      {"storage:\n  postgres:\n    dsn: \"host=db1 sslkey=/k sslpassword=hunter2\"\n",
+       "test.yaml:3: storage.postgres.dsn: holds a password; put the connection string in a file "
+       "and name it with dsn_secret (e.g. {credential: tokenwarden.pgdsn}), or use libpq's "
+       "~/.pgpass"},
       {"storage:\n  postgres:\n    dsn: \"postgresql://tw:hunter2@db1/tw\"\n",
        "test.yaml:3: storage.postgres.dsn: holds a password; put the connection string in a file "
        "and name it with dsn_secret (e.g. {credential: tokenwarden.pgdsn}), or use libpq's "
