@@ -81,7 +81,10 @@ CREATE INDEX tokens_reauth_unnotified ON tokens (state_since)
 ALTER TABLE tokens ADD COLUMN renewal_in_doubt_since BIGINT;
 )sql",
     // 4 -> 5: token counts by provider and state, kept by triggers in the writing transaction.
-    // Only a change of state touches a count row, so routine checks never contend on them.
+    // One statement-level change per (provider, state), applied in key order: transactions that
+    // change counts at once (many instances, an outage turning tokens to failing) take the count
+    // rows' locks in the same order, so they may wait for each other but never deadlock; and a
+    // statement that changes no state touches no count row.
     R"sql(
 CREATE TABLE token_counts (
   provider TEXT NOT NULL,
@@ -92,22 +95,34 @@ CREATE TABLE token_counts (
 INSERT INTO token_counts SELECT provider, state, COUNT(*) FROM tokens GROUP BY provider, state;
 CREATE FUNCTION tokens_count() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
-  IF TG_OP IN ('UPDATE', 'DELETE') THEN
-    UPDATE token_counts SET n = n - 1 WHERE provider = OLD.provider AND state = OLD.state;
-  END IF;
-  IF TG_OP IN ('INSERT', 'UPDATE') THEN
-    INSERT INTO token_counts VALUES (NEW.provider, NEW.state, 1)
-      ON CONFLICT (provider, state) DO UPDATE SET n = token_counts.n + 1;
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO token_counts AS c
+      SELECT provider, state, COUNT(*) FROM new_rows GROUP BY provider, state
+      ORDER BY provider, state
+      ON CONFLICT (provider, state) DO UPDATE SET n = c.n + EXCLUDED.n;
+  ELSIF TG_OP = 'DELETE' THEN
+    INSERT INTO token_counts AS c
+      SELECT provider, state, -COUNT(*) FROM old_rows GROUP BY provider, state
+      ORDER BY provider, state
+      ON CONFLICT (provider, state) DO UPDATE SET n = c.n + EXCLUDED.n;
+  ELSE
+    INSERT INTO token_counts AS c
+      SELECT provider, state, SUM(d) FROM (
+        SELECT provider, state, -1 AS d FROM old_rows
+        UNION ALL SELECT provider, state, 1 FROM new_rows) changes
+      GROUP BY provider, state HAVING SUM(d) <> 0 ORDER BY provider, state
+      ON CONFLICT (provider, state) DO UPDATE SET n = c.n + EXCLUDED.n;
   END IF;
   RETURN NULL;
 END
 $fn$;
-CREATE TRIGGER tokens_count_insert_delete AFTER INSERT OR DELETE ON tokens
-  FOR EACH ROW EXECUTE FUNCTION tokens_count();
-CREATE TRIGGER tokens_count_update AFTER UPDATE OF provider, state ON tokens
-  FOR EACH ROW WHEN (OLD.provider IS DISTINCT FROM NEW.provider OR OLD.state IS DISTINCT FROM
-                     NEW.state)
-  EXECUTE FUNCTION tokens_count();
+CREATE TRIGGER tokens_count_insert AFTER INSERT ON tokens REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION tokens_count();
+CREATE TRIGGER tokens_count_update AFTER UPDATE ON tokens
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION tokens_count();
+CREATE TRIGGER tokens_count_delete AFTER DELETE ON tokens REFERENCING OLD TABLE AS old_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION tokens_count();
 )sql",
 }};
 
