@@ -73,7 +73,8 @@ class StoreTest : public ::testing::TestWithParam<Backend> {
 
   void SetUp() override {
     if (!sqlite()) {
-      ASSERT_TRUE(pg_.ok()) << pg_.error();
+      pg_schema_ = std::make_unique<testing::PgTestSchema>();
+      ASSERT_TRUE(pg_schema_->ok()) << pg_schema_->error();
     }
   }
 
@@ -86,7 +87,7 @@ class StoreTest : public ::testing::TestWithParam<Backend> {
       return std::unique_ptr<TokenStore>(std::move(*s));
     }
     PgOptions options;
-    options.dsn = pg_.dsn();
+    options.dsn = pg().dsn();
     options.lock_timeout = 200ms;
     auto s = PgTokenStore::open(options, std::move(cipher), mode);
     if (!s) return s.error();
@@ -120,7 +121,7 @@ class StoreTest : public ::testing::TestWithParam<Backend> {
       SQLite::Database db(db_path(), SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
       db.exec(sql);
     } else {
-      pg_.exec(sql);
+      pg().exec(sql);
     }
   }
   // The rows of a query, as text.
@@ -136,7 +137,7 @@ class StoreTest : public ::testing::TestWithParam<Backend> {
       }
       return out;
     }
-    for (const pqxx::row& row : pg_.exec(sql)) {
+    for (const pqxx::row& row : pg().exec(sql)) {
       out.emplace_back();
       for (const pqxx::field& f : row)
         out.back().push_back(f.c_str());
@@ -162,7 +163,9 @@ class StoreTest : public ::testing::TestWithParam<Backend> {
   }
 
   TempDir dir_;
-  testing::PgTestSchema pg_;
+  // The PostgreSQL runs' own schema (none for SQLite).
+  testing::PgTestSchema& pg() { return *pg_schema_; }
+  std::unique_ptr<testing::PgTestSchema> pg_schema_;
   Key key_ = make_key();
 };
 
@@ -1059,7 +1062,7 @@ TEST_P(PgStoreTest, ALockedRowIsBusyNotAnError) {
   const std::string id =
       store->upsert(new_token("a"), secrets("x", "y"), kStoreNow, due_at(kStoreNow, kStoreNow))
           ->record.id;
-  pqxx::connection other(pg_.dsn());
+  pqxx::connection other(pg().dsn());
   pqxx::work holding(other);
   holding.exec("SELECT 1 FROM tokens WHERE id = '" + id + "' FOR UPDATE");
   auto r = store->claim(id, kStoreNow, "cli", 1min);
@@ -1083,7 +1086,7 @@ TEST_P(PgStoreTest, ConcurrentClaimersTakeDisjointTokens) {
   auto a = open(key_);
   auto b = open(key_);
   // One claimer holds its claim transaction open: the other skips its rows.
-  pqxx::connection held_conn(pg_.dsn());
+  pqxx::connection held_conn(pg().dsn());
   pqxx::work held(held_conn);
   const auto locked = held.exec(
       "SELECT id FROM tokens ORDER BY next_refresh_due, id LIMIT 50 FOR UPDATE SKIP LOCKED");
@@ -1109,7 +1112,7 @@ TEST_P(PgStoreTest, ConcurrentClaimersTakeDisjointTokens) {
 
 TEST_P(PgStoreTest, ScheduleQueriesUseTheDueIndexes) {
   PgOptions options;
-  options.dsn = pg_.dsn();
+  options.dsn = pg().dsn();
   auto opened = PgTokenStore::open(options, Cipher(KeyRing(key_)));
   ASSERT_TRUE(opened) << opened.error().message();
   // Enough rows that a sequential scan is not the cheapest plan.
@@ -1129,7 +1132,7 @@ TEST_P(PgStoreTest, ScheduleQueriesUseTheDueIndexes) {
 // would take over a token another host is still working on. It is refused at start-up.
 TEST_P(PgStoreTest, AHostWhoseClockDisagreesWithTheServerIsRefused) {
   PgOptions options;
-  options.dsn = pg_.dsn();
+  options.dsn = pg().dsn();
   options.clock = [] { return SystemClock().now() + 5min; };
   auto s = PgTokenStore::open(options, Cipher(KeyRing(key_)));
   ASSERT_FALSE(s.ok());
