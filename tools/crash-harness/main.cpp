@@ -4,7 +4,8 @@
 // A commented pipeline:
 //   1. start tokenwarden-sim on loopback; every refresh token it issues is one-time-use (TikTok
 //      v2 and API for Business, Google seeded with rotation), with --reuse-grace as given;
-//   2. seed --tokens grants there and add them to a fresh encrypted store; the config renews
+//   2. seed --tokens grants there and add them to a fresh encrypted store (a SQLite file, or with
+//      --postgres a fresh schema on the PostgreSQL test cluster); the config renews
 //      every token every 2 s, so requests are always in flight;
 //   3. --kills times: start `tokenwarden run` (and, every third round, a forced
 //      `tokenwarden refresh --all` beside it), wait a random 50-1500 ms, SIGKILL them; then look
@@ -47,6 +48,7 @@
 #include "storage/crypto.h"
 #include "storage/open_store.h"
 #include "tests/support/child_process.h"
+#include "tests/support/pg_test_db.h"
 #include "tests/test_util.h"
 
 namespace {
@@ -61,6 +63,7 @@ struct Flags {
   int reuse_grace = 0;
   unsigned seed = std::random_device{}();
   bool expect_no_doubt = false;
+  bool postgres = false;
   bool keep = false;
   std::string tokenwarden = TW_BINARY;
   std::string sim = TW_SIM_BINARY;
@@ -74,6 +77,13 @@ class Harness {
   explicit Harness(Flags flags) : flags_(std::move(flags)), random_(flags_.seed) {}
 
   int run() {
+    if (flags_.postgres) {
+      pg_.emplace();
+      if (!pg_->ok()) {
+        std::cerr << "crash harness: " << pg_->error() << "\n";
+        return 1;
+      }
+    }
     if (!start_simulator() || !write_config() || !seed()) return 1;
     kill_repeatedly();
     if (!settle()) return 1;
@@ -106,7 +116,8 @@ class Harness {
     // restarted daemon take over a killed one's tokens quickly.
     tw::testing::write_file(
         dir_.file("tokenwarden.yaml"),
-        "database: {path: " + dir_.file("tokens.db") + "}\n" +
+        (pg_ ? "storage:\n  backend: postgres\n  postgres: {dsn: \"" + pg_->dsn() + "\"}\n"
+             : "database: {path: " + dir_.file("tokens.db") + "}\n") +
             "key: {file: " + dir_.file("tokenwarden.key") + "}\n" +
             "providers:\n"
             "  google: {oauth_base_url: " +
@@ -383,6 +394,7 @@ class Harness {
   Flags flags_;
   std::mt19937 random_;
   tw::testing::TempDir dir_;
+  std::optional<tw::testing::PgTestSchema> pg_;  // with --postgres: the store's schema
   std::optional<ChildProcess> sim_;
   std::string base_;
   tw::Config config_;
@@ -422,6 +434,9 @@ int main(int argc, char** argv) {
   app.add_option("--seed", flags.seed, "Random seed for the kill times (printed)");
   app.add_flag("--expect-no-doubt", flags.expect_no_doubt,
                "Fail if any token ends in doubt (use with a reuse grace)");
+  app.add_flag("--postgres", flags.postgres,
+               "Keep the tokens in a fresh schema on the PostgreSQL test cluster "
+               "($TW_TEST_PG_DSN or $TW_TEST_PG_DSN_FILE) instead of a SQLite file");
   app.add_flag("--keep", flags.keep, "Keep the working folder (always kept on failure)");
   app.add_option("--tokenwarden", flags.tokenwarden, "The tokenwarden binary")
       ->capture_default_str();
