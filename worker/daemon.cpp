@@ -109,6 +109,7 @@ std::vector<std::string> keys_needing_restart(const Config& a, const Config& b) 
     provider.limits = {};
     return provider;
   };
+  differ("storage", a.storage != b.storage);
   differ("database", a.database != b.database);
   differ("key", a.key != b.key);
   differ("http", a.http != b.http);
@@ -222,6 +223,7 @@ int Daemon::run() {
     }
   });
   status->on_written = [this](const std::string& summary) { service->status(summary); };
+  log->info("tokens in {}", store->describe());
   worker->start();
   status->start();
   if (notices) notices->start();

@@ -33,13 +33,14 @@ TEST(KeysNeedingRestart, NamesEverySectionBuiltIntoTheRunningObjects) {
   EXPECT_EQ(keys_needing_restart(running, fresh),
             (std::vector<std::string>{"http", "providers.meta", "log.format", "notify"}));
   fresh = running;
+  fresh.storage.backend = StorageConfig::Backend::kPostgres;
   fresh.database.busy_timeout = 1s;
   fresh.key.previous_files = {"/etc/tokenwarden/old.key"};
   fresh.scheduler.batch_size = 1;
   fresh.providers.google.client_secret = {SecretRef::Source::kEnv, "G"};
   fresh.providers.tiktok.enabled = true;
   EXPECT_EQ(keys_needing_restart(running, fresh),
-            (std::vector<std::string>{"database", "key", "scheduler", "providers.google",
+            (std::vector<std::string>{"storage", "database", "key", "scheduler", "providers.google",
                                       "providers.tiktok"}));
 }
 
