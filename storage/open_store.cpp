@@ -4,6 +4,10 @@
 
 namespace tw {
 
+namespace {
+
+// The PostgreSQL connection string of `postgres`: dsn, or the secret dsn_secret names (which may
+// hold a password, and is checked like dsn otherwise).
 Result<std::string> postgres_dsn(const PostgresConfig& postgres) {
   if (postgres.dsn_secret.empty()) return postgres.dsn;
   auto secret = postgres.dsn_secret.resolve();
@@ -14,6 +18,8 @@ Result<std::string> postgres_dsn(const PostgresConfig& postgres) {
   }
   return dsn;
 }
+
+}  // namespace
 
 Result<std::unique_ptr<TokenStore>> open_token_store(const StorageConfig& storage,
                                                      const DatabaseConfig& database,

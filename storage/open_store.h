@@ -21,8 +21,4 @@ Result<std::unique_ptr<TokenStore>> open_token_store(const StorageConfig& storag
                                                      const std::string& credentials_directory,
                                                      OpenMode mode);
 
-// The PostgreSQL connection string of `postgres`: dsn, or the secret dsn_secret names (which may
-// hold a password, and is checked like dsn otherwise).
-Result<std::string> postgres_dsn(const PostgresConfig& postgres);
-
 }  // namespace tw

@@ -857,12 +857,6 @@ Result<TokenSecrets> PgTokenStore::read_secrets(const TokenRecord& record) {
   });
 }
 
-Result<std::optional<SysTime>> PgTokenStore::earliest_due(const ProviderSet& providers) {
-  auto due = earliest_due_token(providers);
-  if (!due) return due.error();
-  return *due ? std::optional<SysTime>((*due)->due) : std::nullopt;
-}
-
 Result<std::optional<DueRef>> PgTokenStore::earliest_due_token(const ProviderSet& providers) {
   if (providers.empty()) return std::optional<DueRef>();
   return impl_->guarded("finding the next due token", [&]() -> Result<std::optional<DueRef>> {
@@ -969,23 +963,6 @@ Result<std::vector<std::string>> PgTokenStore::extend_leases(const std::vector<L
     }
     return lost;
   });
-}
-
-Status PgTokenStore::save(const TokenRecord& record, const TokenSecrets* new_secrets,
-                          std::string_view owner, LeaseAction lease) {
-  StoreWrite w;
-  w.record = &record;
-  w.new_secrets = new_secrets;
-  w.lease_action = lease;
-  return std::move(write_batch({&w, 1}, owner).front());
-}
-
-Status PgTokenStore::begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) {
-  StoreWrite w;
-  w.kind = StoreWrite::Kind::kBeginRenewal;
-  w.lease = lease;
-  w.at = at;
-  return std::move(write_batch({&w, 1}, owner).front());
 }
 
 std::vector<Status> PgTokenStore::write_batch(std::span<const StoreWrite> writes,
@@ -1132,10 +1109,7 @@ Status PgTokenStore::write_sealed(std::span<const SealedToken> tokens) {
           t, "SELECT id FROM tokens WHERE id = $1 OR (provider = $2 AND account_id = $3)",
           Params().text(r.id).text(to_string(r.provider)).text(r.account_id));
       if (!clash.empty() || !impl_->insert(t, r, SealedPair{tok.access_token, tok.refresh_token})) {
-        return Error(Errc::kAlreadyExists,
-                     "token " + r.id + " (" + std::string(to_string(r.provider)) + " account " +
-                         r.account_id + ") is already stored here" +
-                         (clash.empty() ? "" : " as " + std::string(clash[0][0].c_str())));
+        return already_stored(r, clash.empty() ? "" : clash[0][0].c_str());
       }
       impl_->exec(t, "UPDATE tokens SET reauth_notified_since = $2::bigint WHERE id = $1",
                   Params().text(r.id).time(tok.reauth_notified_since));

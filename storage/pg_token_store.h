@@ -30,7 +30,6 @@
 #include "core/result.h"
 #include "core/time.h"
 #include "storage/crypto.h"
-#include "storage/sqlite_token_store.h"  // OpenMode
 #include "storage/token_store.h"
 
 namespace tw {
@@ -76,7 +75,6 @@ class PgTokenStore final : public TokenStore {
   Result<std::vector<TokenRecord>> unnotified_reauth(std::size_t limit) override;
   Result<bool> mark_reauth_notified(std::string_view id, SysTime state_since) override;
   Result<TokenSecrets> read_secrets(const TokenRecord& record) override;
-  Result<std::optional<SysTime>> earliest_due(const ProviderSet& providers) override;
   Result<std::optional<DueRef>> earliest_due_token(const ProviderSet& providers) override;
   Result<std::vector<DueToken>> claim_due(SysTime now, std::size_t limit, std::string_view owner,
                                           Seconds lease, const ProviderSet& providers) override;
@@ -85,9 +83,6 @@ class PgTokenStore final : public TokenStore {
   Result<std::vector<std::string>> extend_leases(const std::vector<LeaseRef>& leases,
                                                  std::string_view owner, SysTime now,
                                                  Seconds lease) override;
-  Status save(const TokenRecord& record, const TokenSecrets* new_secrets, std::string_view owner,
-              LeaseAction lease) override;
-  Status begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) override;
   std::vector<Status> write_batch(std::span<const StoreWrite> writes,
                                   std::string_view owner) override;
   Result<std::size_t> pull_in_checks(Provider provider, SysTime now, Seconds period) override;

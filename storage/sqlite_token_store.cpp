@@ -727,12 +727,6 @@ Result<TokenSecrets> SqliteTokenStore::read_secrets(const TokenRecord& record) {
   return guarded("reading secrets", [&] { return impl_->read_secrets(record.id); });
 }
 
-Result<std::optional<SysTime>> SqliteTokenStore::earliest_due(const ProviderSet& providers) {
-  auto due = earliest_due_token(providers);
-  if (!due) return due.error();
-  return *due ? std::optional<SysTime>((*due)->due) : std::nullopt;
-}
-
 Result<std::optional<DueRef>> SqliteTokenStore::earliest_due_token(const ProviderSet& providers) {
   return guarded("finding the next due token", [&]() -> Result<std::optional<DueRef>> {
     Cached q_held = impl_->cached(due_query(providers, /*earliest_only=*/true));
@@ -832,23 +826,6 @@ Result<std::vector<std::string>> SqliteTokenStore::extend_leases(
   });
 }
 
-Status SqliteTokenStore::save(const TokenRecord& record, const TokenSecrets* new_secrets,
-                              std::string_view owner, LeaseAction lease) {
-  StoreWrite w;
-  w.record = &record;
-  w.new_secrets = new_secrets;
-  w.lease_action = lease;
-  return std::move(write_batch({&w, 1}, owner).front());
-}
-
-Status SqliteTokenStore::begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) {
-  StoreWrite w;
-  w.kind = StoreWrite::Kind::kBeginRenewal;
-  w.lease = lease;
-  w.at = at;
-  return std::move(write_batch({&w, 1}, owner).front());
-}
-
 std::vector<Status> SqliteTokenStore::write_batch(std::span<const StoreWrite> writes,
                                                   std::string_view owner) {
   std::vector<Status> out(writes.size(), Ok());
@@ -940,10 +917,7 @@ Status SqliteTokenStore::write_sealed(std::span<const SealedToken> tokens) {
       clash.bind(2, text_of(to_string(r.provider)));
       clash.bind(3, r.account_id);
       if (clash.executeStep()) {
-        return Error(Errc::kAlreadyExists, "token " + r.id + " (" +
-                                               std::string(to_string(r.provider)) + " account " +
-                                               r.account_id + ") is already stored here as " +
-                                               clash.getColumn(0).getString());
+        return already_stored(r, clash.getColumn(0).getString());
       }
       impl_->insert(r, SealedPair{t.access_token, t.refresh_token});
       Cached q_held = impl_->cached(

@@ -25,12 +25,6 @@ class Database;
 
 namespace tw {
 
-// Whether open() may create the database file.
-enum class OpenMode {
-  kCreate,    // create it if missing (adding tokens, the daemon)
-  kExisting,  // fail when missing (commands that only read or change existing tokens)
-};
-
 class SqliteTokenStore final : public TokenStore {
  public:
   // The schema version this build writes.
@@ -58,14 +52,12 @@ class SqliteTokenStore final : public TokenStore {
   Result<bool> remove(std::string_view id) override;
   Result<std::vector<StateCounts>> count_by_state() override;
   Result<std::vector<TokenRecord>> needing_reauth(std::size_t limit) override;
-  Status begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) override;
   std::vector<Status> write_batch(std::span<const StoreWrite> writes,
                                   std::string_view owner) override;
   Result<std::vector<TokenRecord>> unnotified_reauth(std::size_t limit) override;
   Result<bool> mark_reauth_notified(std::string_view id, SysTime state_since) override;
   Result<std::size_t> pull_in_checks(Provider provider, SysTime now, Seconds period) override;
   Result<TokenSecrets> read_secrets(const TokenRecord& record) override;
-  Result<std::optional<SysTime>> earliest_due(const ProviderSet& providers) override;
   Result<std::optional<DueRef>> earliest_due_token(const ProviderSet& providers) override;
   Result<std::vector<DueToken>> claim_due(SysTime now, std::size_t limit, std::string_view owner,
                                           Seconds lease, const ProviderSet& providers) override;
@@ -74,8 +66,6 @@ class SqliteTokenStore final : public TokenStore {
   Result<std::vector<std::string>> extend_leases(const std::vector<LeaseRef>& leases,
                                                  std::string_view owner, SysTime now,
                                                  Seconds lease) override;
-  Status save(const TokenRecord& record, const TokenSecrets* new_secrets, std::string_view owner,
-              LeaseAction lease) override;
   Result<std::size_t> rekey() override;
   Result<std::size_t> count_sealed_with_old_keys() override;
 

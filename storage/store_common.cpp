@@ -83,6 +83,12 @@ Error lease_lost(const LeaseRef& lease, std::string_view owner, const std::strin
                    ": this result is stale and was not stored");
 }
 
+Error already_stored(const TokenRecord& r, const std::string& stored_as) {
+  return Error(Errc::kAlreadyExists, "token " + r.id + " (" + std::string(to_string(r.provider)) +
+                                         " account " + r.account_id + ") is already stored here" +
+                                         (stored_as.empty() ? "" : " as " + stored_as));
+}
+
 std::string describe_batch(std::span<const StoreWrite> writes) {
   if (writes.size() != 1) return "saving " + std::to_string(writes.size()) + " tokens";
   return writes[0].kind == StoreWrite::Kind::kSave

@@ -115,6 +115,10 @@ Result<UpsertResult> build_upsert(const NewToken& token, const TokenSecrets& sec
 Error lease_lost(const LeaseRef& lease, std::string_view owner, const std::string& holder,
                  std::int64_t generation);
 
+// Errc::kAlreadyExists for a copied-in token (write_sealed) that clashes with the stored token
+// `stored_as` (empty when not known) by id or by (provider, account_id).
+Error already_stored(const TokenRecord& r, const std::string& stored_as);
+
 // "saving token X", "recording a renewal attempt on X" or "saving N tokens": what a write batch
 // is, for its error messages.
 std::string describe_batch(std::span<const StoreWrite> writes);

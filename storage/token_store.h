@@ -117,6 +117,12 @@ struct SealedToken {
   std::optional<SysTime> reauth_notified_since;
 };
 
+// Whether opening a store may create it (its file, or its schema).
+enum class OpenMode {
+  kCreate,    // create it if missing (adding tokens, the daemon)
+  kExisting,  // fail when missing (commands that only read or change existing tokens)
+};
+
 // Sets the due times of a record that is about to be written.
 using ScheduleFn = std::function<void(TokenRecord&)>;
 
@@ -161,7 +167,12 @@ class TokenStore {
 
   // The earliest next_refresh_due or next_check_due over the tokens of `providers`, or nullopt
   // when nothing is scheduled. Claimed tokens count at their lease expiry.
-  virtual Result<std::optional<SysTime>> earliest_due(const ProviderSet& providers) = 0;
+  // (By default, earliest_due_token()'s time.)
+  virtual Result<std::optional<SysTime>> earliest_due(const ProviderSet& providers) {
+    auto due = earliest_due_token(providers);
+    if (!due) return due.error();
+    return *due ? std::optional<SysTime>((*due)->due) : std::nullopt;
+  }
   // The same, with the token it belongs to.
   virtual Result<std::optional<DueRef>> earliest_due_token(const ProviderSet& providers) = 0;
 
@@ -192,14 +203,28 @@ class TokenStore {
   // a stored secret); then releases the lease or keeps it: one durable transaction. Fails with
   // Errc::kLeaseLost, writing nothing, unless `owner` holds the lease at record.lease_generation (a
   // newer claim or a reconnect by `add` fences it out).
+  // (By default, a write_batch() of this one write.)
   virtual Status save(const TokenRecord& record, const TokenSecrets* new_secrets,
-                      std::string_view owner, LeaseAction lease) = 0;
+                      std::string_view owner, LeaseAction lease) {
+    StoreWrite w;
+    w.record = &record;
+    w.new_secrets = new_secrets;
+    w.lease_action = lease;
+    return std::move(write_batch({&w, 1}, owner).front());
+  }
   // Durably records, before a renewal request goes out, that its result is not known yet: sets
   // renewal_in_doubt_since to `at` unless an earlier attempt is still in doubt (then it keeps that
   // time). save() writes the field back from the record once the result is known. Fails with
   // Errc::kLeaseLost, writing nothing, unless `owner` holds `lease`; the request must then not go
   // out, nor on any other failure.
-  virtual Status begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) = 0;
+  // (By default, a write_batch() of this one write.)
+  virtual Status begin_renewal(const LeaseRef& lease, std::string_view owner, SysTime at) {
+    StoreWrite w;
+    w.kind = StoreWrite::Kind::kBeginRenewal;
+    w.lease = lease;
+    w.at = at;
+    return std::move(write_batch({&w, 1}, owner).front());
+  }
 
   // Each write as save() or begin_renewal() would do it, all in one transaction and one durable
   // commit (a sweep of many tokens costs one fsync per batch, not per token). Returns one Status
