@@ -108,14 +108,21 @@ Status check_secret(std::string_view what, std::string_view s) {
   return Ok();
 }
 
+// A generic provider's client-credentials token needs no secret to be added: the daemon asks the
+// provider for one with the configured client credentials.
+bool secrets_optional(const Provider& provider, TokenKind kind) {
+  return !provider.builtin() && kind == TokenKind::kClientCredentials;
+}
+
 // Whether `s` holds what a token of `kind` needs, as printable ASCII; `access_where` and
 // `refresh_where` say where each was expected, for the message.
-Status validate_secrets(const TokenSecrets& s, TokenKind kind, std::string_view access_where,
-                        std::string_view refresh_where) {
+Status validate_secrets(const TokenSecrets& s, const Provider& provider, TokenKind kind,
+                        std::string_view access_where, std::string_view refresh_where) {
   if (auto st = check_secret("the access token", s.access_token.reveal()); !st) return st.error();
   if (auto st = check_secret("the refresh token", s.refresh_token.reveal()); !st) {
     return st.error();
   }
+  if (secrets_optional(provider, kind)) return Ok();
   if (s.access_token.empty() && s.refresh_token.empty()) return usage("no token given");
   if (kind_needs_refresh_secret(kind) && s.refresh_token.empty()) {
     return usage("a " + std::string(to_string(kind)) + " needs its refresh token " +
@@ -130,7 +137,9 @@ Status validate_secrets(const TokenSecrets& s, TokenKind kind, std::string_view 
 
 // Reads the secrets for `kind` from stdin: either two lines (access token, then refresh token,
 // which may be empty or absent) or a JSON object {"access_token": .., "refresh_token": ..}.
-Result<TokenSecrets> read_stdin_secrets(CliEnv& env, TokenKind kind) {
+Result<TokenSecrets> read_stdin_secrets(CliEnv& env, const Provider& provider, TokenKind kind) {
+  const bool optional = secrets_optional(provider, kind);
+  if (optional && env.stdin_is_tty) return TokenSecrets{};  // nothing to prompt for
   std::unique_ptr<EchoOff> echo_off;
   if (env.stdin_is_tty) {
     env.err << "Paste the access token, Enter, then the refresh token (or nothing), Enter, "
@@ -186,9 +195,11 @@ Result<TokenSecrets> read_stdin_secrets(CliEnv& env, TokenKind kind) {
     if (!lines.empty()) out.access_token = Secret::take(lines[0]);
     if (lines.size() == 2) out.refresh_token = Secret::take(lines[1]);
   }
-  if (out.access_token.empty() && out.refresh_token.empty()) return usage("no token on stdin");
-  if (auto st =
-          validate_secrets(out, kind, "on the first line of stdin", "on the second line of stdin");
+  if (out.access_token.empty() && out.refresh_token.empty() && !optional) {
+    return usage("no token on stdin");
+  }
+  if (auto st = validate_secrets(out, provider, kind, "on the first line of stdin",
+                                 "on the second line of stdin");
       !st) {
     return st.error();
   }
@@ -358,7 +369,8 @@ Result<NewToken> parse_add(const AddArgs& a, SysTime now, const FieldNames& name
   NewToken t;
   auto provider = parse_provider(a.provider);
   if (!provider) {
-    return usage("unknown provider \"" + a.provider + "\" (expected meta, google or tiktok)");
+    return usage("unknown provider \"" + a.provider +
+                 "\" (expected meta, google, tiktok or a provider under providers.generic)");
   }
   auto kind = parse_token_kind(a.kind);
   if (!kind) {
@@ -366,7 +378,7 @@ Result<NewToken> parse_add(const AddArgs& a, SysTime now, const FieldNames& name
                  "\" (expected page_token, user_token, refresh_token, business_token, "
                  "client_credentials or api_key)");
   }
-  if (!kind_allowed(*provider, *kind)) {
+  if (provider->builtin() && !kind_allowed(*provider, *kind)) {
     return usage(std::string(to_string(*provider)) + " has no " + std::string(to_string(*kind)) +
                  " tokens");
   }
@@ -391,6 +403,20 @@ Result<NewToken> parse_add(const AddArgs& a, SysTime now, const FieldNames& name
     t.refresh_expires_at = *e;
   }
   return t;
+}
+
+// A token of a generic provider must be of the one kind its configuration gives it (the
+// built-in providers were checked by parse_add).
+Status check_generic_kind(const Config& config, const NewToken& t) {
+  if (t.provider.builtin() || config.providers.allows(t.provider, t.kind)) return Ok();
+  const GenericProviderConfig* g = config.providers.generic_named(t.provider);
+  if (g == nullptr) {
+    return usage("no provider \"" + std::string(to_string(t.provider)) + "\" in " + config.source +
+                 " (add it under providers.generic)");
+  }
+  return usage(std::string(to_string(t.provider)) + " tokens are " +
+               std::string(to_string(g->kind())) + " tokens (providers.generic." +
+               std::string(to_string(t.provider)) + " in " + config.source + ")");
 }
 
 // "No such token": exit 3.
@@ -422,9 +448,10 @@ int cmd_add(Invocation& inv, const AddArgs& args) {
   // Validate everything before touching the database, so bad input changes nothing.
   auto token = parse_add(args, now);
   if (!token) return report(inv.env, token.error());
-  auto secrets = read_stdin_secrets(inv.env, token->kind);
+  auto secrets = read_stdin_secrets(inv.env, token->provider, token->kind);
   if (!secrets) return report(inv.env, secrets.error());
   return with_store(inv, OpenMode::kCreate, [&](const Config& config, TokenStore& store) {
+    if (auto st = check_generic_kind(config, *token); !st) return report(inv.env, st.error());
     Policy policy = make_policy(config);
     auto result =
         store.upsert(*token, *secrets, now, [&](TokenRecord& r) { policy.schedule_new(r, now); });
@@ -435,7 +462,7 @@ int cmd_add(Invocation& inv, const AddArgs& args) {
                 << "); next refresh "
                 << (r.next_refresh_due ? format_time(*r.next_refresh_due) : "not scheduled")
                 << ", next check " << format_time(r.next_check_due) << "\n";
-    if (!kind_renewable(r.kind) && !kind_checkable(r.provider, r.kind)) {
+    if (!Policy::renewable(r) && !policy.checkable(r)) {
       inv.env.err << "tokenwarden: warning: tokenwarden stores " << to_string(r.provider) << " "
                   << to_string(r.kind)
                   << " tokens encrypted but can neither renew nor check them yet\n";
@@ -504,7 +531,8 @@ Result<TokenImport> parse_import_line(std::string& line, const AddArgs& defaults
   auto token = parse_add(a, now, kJsonNames);
   if (!token) return token.error();
   out.token = std::move(*token);
-  if (auto st = validate_secrets(out.secrets, out.token.kind, "(access_token)", "(refresh_token)");
+  if (auto st = validate_secrets(out.secrets, out.token.provider, out.token.kind, "(access_token)",
+                                 "(refresh_token)");
       !st) {
     return st.error();
   }
@@ -564,6 +592,9 @@ int cmd_import(Invocation& inv, const ImportArgs& args) {
       }
       auto item = parse_import_line(line, defaults, now, ignored);
       if (!item) return stop(item.error(), "line " + std::to_string(line_no) + ": ");
+      if (auto st = check_generic_kind(config, item->token); !st) {
+        return stop(st.error(), "line " + std::to_string(line_no) + ": ");
+      }
       batch.push_back(std::move(*item));
       if (batch.size() >= args.batch) {
         if (auto st = commit(); !st) return stop(st.error(), "");
@@ -634,7 +665,60 @@ int cmd_show(Invocation& inv, const std::string& id, bool json) {
   });
 }
 
-int cmd_remove(Invocation& inv, const std::string& id) {
+// tokenwarden remove --revoke: revokes the token at its provider (RFC 7009), then deletes it. The
+// token is leased first, so no worker renews it meanwhile; when the provider refuses or cannot be
+// reached, nothing is deleted.
+int cmd_revoke_and_remove(Invocation& inv, const std::string& id) {
+  auto config = inv.config();
+  if (!config) return report(inv.env, config.error());
+  LogConfig quiet = config->log;
+  quiet.level = "warn";
+  auto built = Daemon::build(*config, inv.env.credentials_directory, process_owner("cli:"),
+                             make_logger("tokenwarden", quiet), OpenMode::kExisting);
+  if (!built) return report(inv.env, built.error());
+  Daemon& d = **built;
+  const std::string owner = cli_owner();
+  auto claimed = d.store->claim(id, inv.clock.now(), owner, std::chrono::minutes(1));
+  if (!claimed && claimed.error().code() == Errc::kNotFound) return no_such_token(inv.env, id);
+  if (!claimed) return report(inv.env, claimed.error());
+  const TokenRecord r = std::move(*claimed);
+  auto release = [&] { (void)d.store->save(r, nullptr, owner, LeaseAction::kRelease); };
+  ProviderClient* client = nullptr;
+  for (const auto& c : d.clients) {
+    if (c->provider() == r.provider) client = c.get();
+  }
+  if (client == nullptr || !client->can_revoke()) {
+    release();
+    return report(inv.env, usage("provider " + std::string(to_string(r.provider)) +
+                                 " has no revocation endpoint (revocation_url) in " +
+                                 config->source + ": nothing was removed"));
+  }
+  auto secrets = d.store->read_secrets(r);
+  if (!secrets) {
+    release();
+    return report(inv.env, secrets.error());
+  }
+  std::optional<Status> revoked;
+  client->revoke(r, *secrets, [&](Status st) {
+    revoked = std::move(st);
+    d.http->shutdown();
+    boost::asio::post(d.io, [&d] { d.io.stop(); });
+  });
+  d.io.run();
+  if (!revoked || !*revoked) {
+    release();
+    inv.env.err << "tokenwarden: error: " << id << " was not revoked and is kept: "
+                << (revoked ? revoked->error().message() : "no answer") << "\n";
+    return kExitFailure;
+  }
+  auto removed = d.store->remove(id);
+  if (!removed) return report(inv.env, removed.error());
+  inv.env.out << "revoked " << id << " at " << to_string(r.provider) << " and removed it\n";
+  return kExitOk;
+}
+
+int cmd_remove(Invocation& inv, const std::string& id, bool revoke) {
+  if (revoke) return cmd_revoke_and_remove(inv, id);
   return with_store(inv, OpenMode::kExisting, [&](const Config&, TokenStore& store) {
     auto removed = store.remove(id);
     if (!removed) return report(inv.env, removed.error());
@@ -1168,8 +1252,12 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   show->add_flag("--json", show_json, "Print JSON");
 
   std::string remove_id;
+  bool remove_revoke = false;
   auto* remove = app.add_subcommand("remove", "Delete a token and its encrypted secrets.");
   remove->add_option("id", remove_id, "Token id (tok_...)")->required();
+  remove->add_flag("--revoke", remove_revoke,
+                   "First revoke it at the provider (a generic provider's revocation_url, RFC "
+                   "7009); if that fails, nothing is removed");
 
   std::string disable_id, enable_id;
   auto* disable = app.add_subcommand(
@@ -1279,7 +1367,7 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   if (*import) return cmd_import(inv, import_args);
   if (*list) return cmd_list(inv, list_args);
   if (*show) return cmd_show(inv, show_id, show_json);
-  if (*remove) return cmd_remove(inv, remove_id);
+  if (*remove) return cmd_remove(inv, remove_id, remove_revoke);
   if (*disable) return cmd_set_enabled(inv, disable_id, false);
   if (*enable) return cmd_set_enabled(inv, enable_id, true);
   if (*rekey) return cmd_rekey(inv);

@@ -1,6 +1,7 @@
 #include "config/config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -235,6 +236,23 @@ class MapReader {
       : ctx_(&ctx), node_(std::move(node)), path_(std::move(path)), line_(line), names_(names) {}
 
   bool has(std::string_view key) { return find(key).has_value(); }
+  // Whether `key` is present and holds a map.
+  bool is_map(std::string_view key) {
+    auto f = find(key);
+    return f && f->value.IsMap();
+  }
+
+  // The scalar key names of this map, in file order, for a map whose keys the file chooses (each
+  // becomes known; finish() still reports a key that is not a plain name, or a duplicate).
+  std::vector<std::string> keys() {
+    std::vector<std::string> out;
+    if (!node_.IsMap()) return out;
+    for (auto it = node_.begin(); it != node_.end(); ++it) {
+      const YAML::Node key = it->first;  // a copy: `it->` returns a temporary
+      if (key.IsScalar()) out.push_back(key.Scalar());
+    }
+    return out;
+  }
 
   // The line of `key`, or of this map when it is absent.
   int line_of(std::string_view key) {
@@ -320,6 +338,32 @@ class MapReader {
       auto s = text(Field{element, path, yaml_line(element.Mark())}, Empty::kRejected);
       if (!s) return;
       result.push_back(std::move(*s));
+    }
+    out = std::move(result);
+  }
+
+  // A non-empty sequence of integers, each from `min` to `max`.
+  void integers(std::string_view key, std::vector<int>& out, int min, int max) {
+    auto f = field(key);
+    if (!f) return;
+    if (!f->value.IsSequence() || f->value.size() == 0) {
+      return bad(*f,
+                 "expected a non-empty list of integers, got " + std::string(kind_of(f->value)));
+    }
+    std::vector<int> result;
+    for (const YAML::Node& element : f->value) {
+      int v = 0;
+      const auto [ptr, ec] =
+          element.IsScalar() ? std::from_chars(element.Scalar().data(),
+                                               element.Scalar().data() + element.Scalar().size(), v)
+                             : std::from_chars_result{nullptr, std::errc::invalid_argument};
+      if (ec != std::errc() || ptr != element.Scalar().data() + element.Scalar().size() ||
+          v < min || v > max) {
+        return ctx_->fail(
+            yaml_line(element.Mark()), f->path + "[" + std::to_string(result.size()) + "]",
+            "expected an integer from " + std::to_string(min) + " to " + std::to_string(max));
+      }
+      result.push_back(v);
     }
     out = std::move(result);
   }
@@ -689,10 +733,136 @@ void fill_tiktok_defaults(TikTokConfig& c) {
   if (c.business_app_secret.empty()) c.business_app_secret = c.client_secret;
 }
 
+// RFC 9110 token characters.
+bool is_header_name(std::string_view name) {
+  constexpr std::string_view kSpecials = "!#$%&'*+-.^_`|~";
+  return !name.empty() && std::all_of(name.begin(), name.end(), [&](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+           kSpecials.find(c) != std::string_view::npos;
+  });
+}
+
+// Headers tokenwarden itself sets on a provider request.
+bool reserved_header(std::string_view name) {
+  std::string lower(name);
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return lower == "host" || lower == "content-type" || lower == "content-length" ||
+         lower == "transfer-encoding" || lower == "user-agent";
+}
+
+void parse_headers(MapReader& r, std::vector<HeaderConfig>& out) {
+  out.clear();
+  for (const std::string& name : r.keys()) {
+    if (!is_header_name(name)) return r.fail(name, "not an HTTP header name");
+    if (reserved_header(name)) return r.fail(name, "tokenwarden sets this header itself");
+    HeaderConfig h;
+    h.name = name;
+    if (r.is_map(name)) {
+      r.secret(name, h.secret, Need::kRequired);
+    } else {
+      r.string(name, h.value, Need::kRequired, Empty::kAllowed);
+    }
+    out.push_back(std::move(h));
+  }
+  r.finish();
+}
+
+void parse_probe(MapReader& r, ProbeConfig& c) {
+  r.one_of("method", c.method, {"GET", "HEAD", "POST"});
+  r.url("url", c.url);
+  r.string("header", c.header);
+  r.string("prefix", c.prefix, Need::kOptional, Empty::kAllowed);
+  r.integers("valid_status", c.valid_status, 100, 599);
+  r.integers("revoked_status", c.revoked_status, 100, 599);
+  r.finish();
+  if (c.url.empty()) r.fail("url", "missing required key");
+  if (!is_header_name(c.header)) r.fail("header", "not an HTTP header name");
+  for (int status : c.valid_status) {
+    if (std::find(c.revoked_status.begin(), c.revoked_status.end(), status) !=
+        c.revoked_status.end()) {
+      r.fail("revoked_status", "status " + std::to_string(status) + " is also in valid_status");
+    }
+  }
+}
+
+void parse_generic_provider(MapReader& r, GenericProviderConfig& c) {
+  using G = GenericProviderConfig;
+  const Need need = read_enabled(r, c.enabled);
+  std::string type = "oauth2";
+  r.one_of("type", type, {"oauth2", "api_key"});
+  c.type = type == "api_key" ? G::Type::kApiKey : G::Type::kOAuth2;
+  const bool oauth2 = c.type == G::Type::kOAuth2;
+  const Need oauth_need = oauth2 ? need : Need::kOptional;
+  r.url("token_url", c.token_url);
+  r.string("client_id", c.client_id, oauth_need);
+  r.secret("client_secret", c.client_secret, oauth_need);
+  std::string auth = "client_secret_basic";
+  r.one_of("client_auth", auth, {"client_secret_basic", "client_secret_post"});
+  c.client_auth = auth == "client_secret_post" ? G::ClientAuth::kPost : G::ClientAuth::kBasic;
+  std::string grant = "refresh_token";
+  r.one_of("grant", grant, {"refresh_token", "client_credentials"});
+  c.grant = grant == "client_credentials" ? G::Grant::kClientCredentials : G::Grant::kRefreshToken;
+  r.string("scope", c.scope);
+  r.url("introspection_url", c.introspection_url);
+  r.url("revocation_url", c.revocation_url);
+  if (r.has("renew_at_fraction")) {
+    double fraction = 2.0 / 3.0;
+    r.number("renew_at_fraction", fraction, 0.05, 0.95);
+    c.renew_at_fraction = fraction;
+  }
+  if (auto s = r.section("probe")) parse_probe(*s, c.probe);
+  if (auto s = r.section("headers")) parse_headers(*s, c.headers);
+  parse_schedule(r, c.schedule);
+  parse_limits(r, c.limits);
+  r.finish();
+  if (oauth2) {
+    if (c.token_url.empty() && need == Need::kRequired) {
+      r.fail("token_url", "missing required key (type oauth2)");
+    }
+    if (r.has("probe")) r.fail("probe", "only for type api_key");
+    if (r.has("renew_at_fraction") && c.schedule.renew_before) {
+      r.fail("renew_at_fraction", "give renew_before or renew_at_fraction, not both");
+    }
+  } else {
+    for (const char* key : {"token_url", "client_id", "client_secret", "client_auth", "grant",
+                            "scope", "introspection_url", "revocation_url", "renew_at_fraction",
+                            "refresh_every", "renew_before"}) {
+      if (r.has(key)) return r.fail(key, "only for type oauth2 (API keys are never renewed)");
+    }
+    if (!r.has("probe") && need == Need::kRequired) {
+      r.fail("probe", "missing required key (type api_key: the request that tests a key)");
+    }
+  }
+}
+
+void parse_generic(MapReader& r, std::vector<GenericProviderConfig>& out) {
+  out.clear();
+  for (const std::string& name : r.keys()) {
+    auto provider = Provider::named(name);
+    if (!provider) {
+      return r.fail(name,
+                    "a provider name is 1 to 32 characters of a-z, 0-9, _ and -, starting with a "
+                    "letter");
+    }
+    if (provider->builtin()) {
+      return r.fail(name, "is a built-in provider: configure it under providers." + name);
+    }
+    auto s = r.section(name);
+    if (!s) return;
+    GenericProviderConfig c;
+    c.provider = *provider;
+    parse_generic_provider(*s, c);
+    out.push_back(std::move(c));
+  }
+  r.finish();
+}
+
 void parse_providers(MapReader& r, ProvidersConfig& c) {
   if (auto s = r.section("meta")) parse_meta(*s, c.meta);
   if (auto s = r.section("google")) parse_google(*s, c.google);
   if (auto s = r.section("tiktok")) parse_tiktok(*s, c.tiktok);
+  if (auto s = r.section("generic")) parse_generic(*s, c.generic);
   r.finish();
 }
 
@@ -847,28 +1017,47 @@ void parse_document(Context& ctx, std::string_view yaml, Config& c) {
 
 }  // namespace
 
-bool ProvidersConfig::enabled(Provider p) const {
-  switch (p) {
-    case Provider::kMeta:
-      return meta.enabled;
-    case Provider::kGoogle:
-      return google.enabled;
-    case Provider::kTikTok:
-      return tiktok.enabled;
-  }
-  return false;
+TokenKind GenericProviderConfig::kind() const {
+  if (type == Type::kApiKey) return TokenKind::kApiKey;
+  return grant == Grant::kClientCredentials ? TokenKind::kClientCredentials
+                                            : TokenKind::kRefreshToken;
 }
 
-const ProviderLimits& ProvidersConfig::limits(Provider p) const {
-  switch (p) {
-    case Provider::kMeta:
-      return meta.limits;
-    case Provider::kGoogle:
-      return google.limits;
-    case Provider::kTikTok:
-      return tiktok.limits;
+bool ProvidersConfig::enabled(const Provider& p) const {
+  if (p == Provider::kMeta) return meta.enabled;
+  if (p == Provider::kGoogle) return google.enabled;
+  if (p == Provider::kTikTok) return tiktok.enabled;
+  const GenericProviderConfig* g = generic_named(p);
+  return g != nullptr && g->enabled;
+}
+
+const ProviderLimits& ProvidersConfig::limits(const Provider& p) const {
+  static const ProviderLimits kDefaults;
+  if (p == Provider::kMeta) return meta.limits;
+  if (p == Provider::kGoogle) return google.limits;
+  if (p == Provider::kTikTok) return tiktok.limits;
+  const GenericProviderConfig* g = generic_named(p);
+  return g != nullptr ? g->limits : kDefaults;
+}
+
+const GenericProviderConfig* ProvidersConfig::generic_named(const Provider& p) const {
+  for (const GenericProviderConfig& g : generic) {
+    if (g.provider == p) return &g;
   }
-  die("unknown provider");
+  return nullptr;
+}
+
+bool ProvidersConfig::allows(const Provider& p, TokenKind kind) const {
+  if (p.builtin()) return kind_allowed(p, kind);
+  const GenericProviderConfig* g = generic_named(p);
+  return g != nullptr && g->kind() == kind;
+}
+
+std::vector<Provider> ProvidersConfig::all() const {
+  std::vector<Provider> out{Provider::kMeta, Provider::kGoogle, Provider::kTikTok};
+  for (const GenericProviderConfig& g : generic)
+    out.push_back(g.provider);
+  return out;
 }
 
 std::string check_dsn(const std::string& dsn, DsnSource source) {

@@ -140,14 +140,83 @@ struct TikTokConfig {
   bool operator==(const TikTokConfig&) const = default;
 };
 
+// An HTTP header a generic provider sends with every request (an API gateway key, ...): a plain
+// value, or a secret reference for a value that is a credential.
+struct HeaderConfig {
+  std::string name;
+  std::string value;  // when `secret` is empty
+  SecretRef secret;
+
+  bool operator==(const HeaderConfig&) const = default;
+};
+
+// The request that tells whether an API key still works (type api_key).
+struct ProbeConfig {
+  std::string method = "GET";                 // GET, HEAD or POST (an empty body)
+  std::string url;                            // required
+  std::string header = "Authorization";       // the header that carries the key
+  std::string prefix;                         // put before the key, e.g. "Bearer "
+  std::vector<int> valid_status{200};         // statuses that mean the key works
+  std::vector<int> revoked_status{401, 403};  // statuses that mean it was revoked
+  // Any other status: 429 and 5xx are transient (Retry-After honoured), the rest malformed.
+
+  bool operator==(const ProbeConfig&) const = default;
+};
+
+// A provider defined entirely in the configuration (providers.generic.NAME): a standards-
+// compliant OAuth 2.0 server (RFC 6749, with RFC 7662 introspection and RFC 7009 revocation), or
+// a service with static API keys.
+struct GenericProviderConfig {
+  enum class Type { kOAuth2, kApiKey };
+  enum class ClientAuth { kBasic, kPost };  // client_secret_basic, client_secret_post
+  enum class Grant { kRefreshToken, kClientCredentials };
+
+  Provider provider = Provider::kMeta;  // from the section's name: what tokens are filed under
+  bool enabled = false;
+  Type type = Type::kOAuth2;
+  // type oauth2:
+  std::string token_url;    // required
+  std::string client_id;    // required
+  SecretRef client_secret;  // required
+  ClientAuth client_auth = ClientAuth::kBasic;
+  Grant grant = Grant::kRefreshToken;
+  std::string scope;              // sent with the client_credentials grant; empty: none
+  std::string introspection_url;  // RFC 7662: health checks; empty: tokens are not checked
+  std::string revocation_url;     // RFC 7009: `tokenwarden remove --revoke`; empty: none
+  // Renew once this fraction of a token's lifetime (expires_at - its last renewal) has passed;
+  // used when renew_before is off. The default, when neither is set, is 2/3.
+  std::optional<double> renew_at_fraction;
+  // type api_key:
+  ProbeConfig probe;
+  // Both types:
+  std::vector<HeaderConfig> headers;  // sent with every request to this provider
+  ScheduleConfig schedule{std::nullopt, std::nullopt, std::chrono::hours(1)};
+  ProviderLimits limits;
+
+  // Whether tokenwarden can health-check this provider's tokens.
+  bool checkable() const { return type == Type::kApiKey || !introspection_url.empty(); }
+  // The one token kind this provider's tokens have.
+  TokenKind kind() const;
+
+  bool operator==(const GenericProviderConfig&) const = default;
+};
+
 struct ProvidersConfig {
   MetaConfig meta;
   GoogleConfig google;
   TikTokConfig tiktok;
+  std::vector<GenericProviderConfig> generic;  // in file order
 
-  // What the three sections have in common, by provider.
-  bool enabled(Provider p) const;
-  const ProviderLimits& limits(Provider p) const;
+  // What the sections have in common, by provider. An unknown provider is not enabled.
+  bool enabled(const Provider& p) const;
+  const ProviderLimits& limits(const Provider& p) const;  // an unknown provider: defaults
+  // The generic provider named `p`, or nullptr.
+  const GenericProviderConfig* generic_named(const Provider& p) const;
+  // Whether tokens of `kind` belong at `p`: kind_allowed() for the built-in ones, the
+  // configured type and grant for a generic one (false when it is not configured).
+  bool allows(const Provider& p, TokenKind kind) const;
+  // Meta, Google, TikTok, then every generic provider (enabled or not).
+  std::vector<Provider> all() const;
 
   bool operator==(const ProvidersConfig&) const = default;
 };

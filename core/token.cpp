@@ -24,12 +24,6 @@ std::string_view name_of(const std::array<std::pair<E, std::string_view>, N>& ta
   die("enum value without a name");
 }
 
-constexpr std::array<std::pair<Provider, std::string_view>, 3> kProviders{{
-    {Provider::kMeta, "meta"},
-    {Provider::kGoogle, "google"},
-    {Provider::kTikTok, "tiktok"},
-}};
-
 constexpr std::array<std::pair<TokenKind, std::string_view>, 6> kKinds{{
     {TokenKind::kPageToken, "page_token"},
     {TokenKind::kUserToken, "user_token"},
@@ -69,8 +63,11 @@ std::string_view to_string(Operation op) {
 std::optional<Operation> parse_operation(std::string_view s) {
   return lookup(kOperations, s);
 }
-std::string_view to_string(Provider p) {
-  return name_of(kProviders, p);
+bool Provider::builtin() const {
+  return *this == kMeta || *this == kGoogle || *this == kTikTok;
+}
+std::string_view to_string(const Provider& p) {
+  return p.name();
 }
 std::string_view to_string(TokenKind k) {
   return name_of(kKinds, k);
@@ -82,7 +79,7 @@ std::string_view to_string(ErrorClass c) {
   return name_of(kErrorClasses, c);
 }
 std::optional<Provider> parse_provider(std::string_view s) {
-  return lookup(kProviders, s);
+  return Provider::named(s);
 }
 std::optional<TokenKind> parse_token_kind(std::string_view s) {
   return lookup(kKinds, s);
@@ -94,7 +91,7 @@ std::optional<ErrorClass> parse_error_class(std::string_view s) {
   return lookup(kErrorClasses, s);
 }
 
-bool kind_allowed(Provider provider, TokenKind kind) {
+bool kind_allowed(const Provider& provider, TokenKind kind) {
   switch (kind) {
     case TokenKind::kPageToken:
     case TokenKind::kUserToken:
@@ -110,22 +107,23 @@ bool kind_allowed(Provider provider, TokenKind kind) {
   return false;
 }
 
-bool kind_renewable(TokenKind kind) {
-  return kind != TokenKind::kClientCredentials && kind != TokenKind::kApiKey;
+bool kind_renewable(const Provider& provider, TokenKind kind) {
+  if (kind == TokenKind::kClientCredentials) return !provider.builtin();
+  return kind != TokenKind::kApiKey;
 }
 
-bool kind_checkable(Provider provider, TokenKind kind) {
-  switch (provider) {
-    case Provider::kMeta:
-      // debug_token inspects any token, the app's own client-credentials token included.
-      return kind == TokenKind::kPageToken || kind == TokenKind::kUserToken ||
-             kind == TokenKind::kClientCredentials;
-    case Provider::kGoogle:
-      return kind == TokenKind::kRefreshToken;
-    case Provider::kTikTok:
-      return kind == TokenKind::kRefreshToken || kind == TokenKind::kBusinessToken;
+bool kind_checkable(const Provider& provider, TokenKind kind) {
+  if (provider == Provider::kMeta) {
+    // debug_token inspects any token, the app's own client-credentials token included.
+    return kind == TokenKind::kPageToken || kind == TokenKind::kUserToken ||
+           kind == TokenKind::kClientCredentials;
   }
-  return false;
+  if (provider == Provider::kGoogle) return kind == TokenKind::kRefreshToken;
+  if (provider == Provider::kTikTok) {
+    return kind == TokenKind::kRefreshToken || kind == TokenKind::kBusinessToken;
+  }
+  return kind == TokenKind::kRefreshToken || kind == TokenKind::kClientCredentials ||
+         kind == TokenKind::kApiKey;
 }
 
 bool kind_needs_refresh_secret(TokenKind kind) {

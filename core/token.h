@@ -17,7 +17,47 @@
 
 namespace tw {
 
-enum class Provider { kMeta, kGoogle, kTikTok };
+// A provider: one of the three built-in platforms, or a generic OAuth 2.0 or API-key provider
+// defined in the configuration (providers.generic). A small value holding the name, 1 to 32
+// characters of [a-z0-9_-] starting with a letter: safe to print and to quote in SQL.
+class Provider {
+ public:
+  static constexpr std::size_t kMaxName = 32;
+  static const Provider kMeta;
+  static const Provider kGoogle;
+  static const Provider kTikTok;
+
+  // The provider with this name, or nullopt when the name is not valid (see above).
+  static constexpr std::optional<Provider> named(std::string_view name) {
+    if (name.empty() || name.size() > kMaxName || name[0] < 'a' || name[0] > 'z') {
+      return std::nullopt;
+    }
+    Provider p;
+    for (char c : name) {
+      const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+      if (!ok) return std::nullopt;
+      p.chars_[p.size_++] = c;
+    }
+    return p;
+  }
+
+  // The name; it lives as long as this object.
+  constexpr std::string_view name() const { return {chars_.data(), size_}; }
+  // Meta, Google or TikTok: a provider with its own client; false for a generic one.
+  bool builtin() const;
+
+  constexpr bool operator==(const Provider&) const = default;
+  constexpr auto operator<=>(const Provider&) const = default;
+
+ private:
+  constexpr Provider() = default;
+  std::array<char, kMaxName> chars_{};
+  std::uint8_t size_ = 0;
+};
+
+inline constexpr Provider Provider::kMeta = *Provider::named("meta");
+inline constexpr Provider Provider::kGoogle = *Provider::named("google");
+inline constexpr Provider Provider::kTikTok = *Provider::named("tiktok");
 
 enum class TokenKind {
   kPageToken,          // Meta Page token; its refresh secret is the long-lived user token
@@ -54,22 +94,28 @@ enum class ErrorClass {
 enum class Operation { kRefresh, kCheck };
 
 std::string_view to_string(Operation op);
-std::string_view to_string(Provider p);
+// The provider's name, valid as long as `p` is.
+std::string_view to_string(const Provider& p);
 std::string_view to_string(TokenKind k);
 std::string_view to_string(TokenState s);
 std::string_view to_string(ErrorClass c);
+// Any valid provider name (see Provider); whether it is configured is the caller's question.
 std::optional<Provider> parse_provider(std::string_view s);
 std::optional<TokenKind> parse_token_kind(std::string_view s);
 std::optional<TokenState> parse_token_state(std::string_view s);
 std::optional<ErrorClass> parse_error_class(std::string_view s);
 std::optional<Operation> parse_operation(std::string_view s);
 
-// Whether `kind` makes sense for `provider`; the CLI refuses other pairs.
-bool kind_allowed(Provider provider, TokenKind kind);
-// Whether tokenwarden renews tokens of this kind (false: only health-checked).
-bool kind_renewable(TokenKind kind);
-// Whether tokenwarden can health-check tokens of this kind at this provider.
-bool kind_checkable(Provider provider, TokenKind kind);
+// Whether `kind` makes sense for a built-in `provider`; the CLI refuses other pairs. (For a
+// generic provider the configuration decides: ProvidersConfig::allows.)
+bool kind_allowed(const Provider& provider, TokenKind kind);
+// Whether tokenwarden renews tokens of this kind at this provider (false: only health-checked).
+// A generic provider renews its client-credentials tokens (by asking for a new one); Meta's app
+// token is only checked.
+bool kind_renewable(const Provider& provider, TokenKind kind);
+// Whether tokenwarden can health-check tokens of this kind at this provider. For a generic
+// provider, whether its configuration has a way to (introspection, a probe): Policy decides.
+bool kind_checkable(const Provider& provider, TokenKind kind);
 // Whether a token of this kind must carry a refresh secret to be renewed.
 bool kind_needs_refresh_secret(TokenKind kind);
 

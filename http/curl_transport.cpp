@@ -302,7 +302,7 @@ struct CurlTransport::Impl : std::enable_shared_from_this<CurlTransport::Impl> {
 
   void start(std::unique_ptr<Transfer> t) {
     const HttpRequest& req = t->request;
-    if (req.method != "GET" && req.method != "POST") {
+    if (req.method != "GET" && req.method != "POST" && req.method != "HEAD") {
       std::string message = "unsupported method " + req.method;
       fail(std::move(t), TransportError::kOther, std::move(message));
       return;
@@ -353,6 +353,8 @@ struct CurlTransport::Impl : std::enable_shared_from_this<CurlTransport::Impl> {
       set(CURLOPT_POST, 1L);
       set(CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
       set(CURLOPT_POSTFIELDS, req.body.c_str());  // not copied: t.request.body outlives the handle
+    } else if (req.method == "HEAD") {
+      set(CURLOPT_NOBODY, 1L);
     } else {
       set(CURLOPT_HTTPGET, 1L);
     }

@@ -26,7 +26,7 @@
 namespace tw {
 
 struct HttpRequest {
-  std::string method = "GET";  // GET or POST
+  std::string method = "GET";  // GET, HEAD or POST
   std::string url;             // may contain secrets in the query string
   std::string log_url;         // the same URL with secret query values masked: safe to log
   std::vector<std::pair<std::string, std::string>> headers;  // may contain secrets

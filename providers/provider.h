@@ -55,6 +55,18 @@ class ProviderClient {
     (void)token;
     return true;
   }
+  // Whether revoke() can do anything (a generic provider with a revocation_url).
+  virtual bool can_revoke() const { return false; }
+  // Revokes `token` at the provider (RFC 7009: its refresh token, which ends the grant, or its
+  // access token when it has none). `done` gets Ok, or an error (Errc::kIo for a
+  // network or server failure worth retrying later, kConfig otherwise) whose message holds no
+  // secret.
+  virtual void revoke(const TokenRecord& token, const TokenSecrets& secrets,
+                      std::function<void(Status)> done) {
+    (void)token;
+    (void)secrets;
+    done(Error(Errc::kConfig, "this provider has no revocation endpoint"));
+  }
   // How many requests `op` on `token` sends: its cost in the provider's rate budget.
   virtual int requests(Operation op, const TokenRecord& token) const {
     (void)op;
@@ -72,5 +84,10 @@ Result<std::unique_ptr<ProviderClient>> make_google_client(const GoogleConfig& c
                                                            HttpTransport& http, const Clock& clock);
 Result<std::unique_ptr<ProviderClient>> make_tiktok_client(const TikTokConfig& config,
                                                            HttpTransport& http, const Clock& clock);
+// A provider defined in the configuration (providers/generic.cpp): OAuth 2.0 or API keys. Also
+// resolves its header secrets now.
+Result<std::unique_ptr<ProviderClient>> make_generic_client(const GenericProviderConfig& config,
+                                                            HttpTransport& http,
+                                                            const Clock& clock);
 
 }  // namespace tw

@@ -50,27 +50,38 @@ SysTime renew_point(std::optional<SysTime> issued, SysTime expiry, Seconds renew
 }  // namespace
 
 PolicyConfig PolicyConfig::from(const Config& config) {
-  return {config.providers.meta.schedule, config.providers.google.schedule,
-          config.providers.tiktok.schedule, config.retry};
+  PolicyConfig p{config.providers.meta.schedule,
+                 config.providers.google.schedule,
+                 config.providers.tiktok.schedule,
+                 config.retry,
+                 {}};
+  for (const GenericProviderConfig& g : config.providers.generic) {
+    p.generic[g.provider] = GenericSchedule{g.schedule, g.renew_at_fraction, g.checkable()};
+  }
+  return p;
 }
 
 Policy::Policy(const PolicyConfig& config, std::function<double()> random01)
     : config_(config), random01_(std::move(random01)) {}
 
-const ScheduleConfig& Policy::schedule_for(Provider provider) const {
-  switch (provider) {
-    case Provider::kMeta:
-      return config_.meta;
-    case Provider::kGoogle:
-      return config_.google;
-    case Provider::kTikTok:
-      return config_.tiktok;
-  }
-  die("unknown provider");
+const ScheduleConfig& Policy::schedule_for(const Provider& provider) const {
+  static const ScheduleConfig kDefaults;
+  if (provider == Provider::kMeta) return config_.meta;
+  if (provider == Provider::kGoogle) return config_.google;
+  if (provider == Provider::kTikTok) return config_.tiktok;
+  auto it = config_.generic.find(provider);
+  return it != config_.generic.end() ? it->second.schedule : kDefaults;
+}
+
+bool Policy::checkable(const TokenRecord& r) const {
+  if (!kind_checkable(r.provider, r.kind)) return false;
+  if (r.provider.builtin()) return true;
+  auto it = config_.generic.find(r.provider);
+  return it != config_.generic.end() && it->second.checkable;
 }
 
 bool Policy::renewable(const TokenRecord& r) {
-  if (!kind_renewable(r.kind)) return false;
+  if (!kind_renewable(r.provider, r.kind)) return false;
   // A Meta Page token is re-derived from the long-lived user token stored as its refresh secret;
   // a refresh-token grant needs its refresh token.
   if (r.kind == TokenKind::kPageToken || kind_needs_refresh_secret(r.kind)) {
@@ -90,6 +101,17 @@ std::optional<SysTime> Policy::next_refresh(const TokenRecord& r, SysTime now) c
     if (r.expires_at) consider(renew_point(r.last_refreshed_at, *r.expires_at, *s.renew_before));
     if (r.refresh_expires_at) {
       consider(renew_point(r.last_refreshed_at, *r.refresh_expires_at, *s.renew_before));
+    }
+  }
+  if (auto g = config_.generic.find(r.provider); g != config_.generic.end()) {
+    std::optional<double> fraction = g->second.renew_at_fraction;
+    if (!fraction && !s.refresh_every && !s.renew_before) fraction = 2.0 / 3.0;
+    if (fraction) {
+      for (const std::optional<SysTime>& e : {r.expires_at, r.refresh_expires_at}) {
+        if (!e) continue;
+        const auto life = std::chrono::duration<double>(*e - anchor);
+        consider(*e > anchor ? anchor + std::chrono::duration_cast<Seconds>(life * *fraction) : *e);
+      }
     }
   }
   return std::max(due.value_or(now), now);
@@ -120,9 +142,8 @@ Seconds Policy::backoff(int failures) const {
 
 void Policy::schedule_new(TokenRecord& r, SysTime now) const {
   r.next_refresh_due = next_refresh(r, now);
-  r.next_check_due = state_scheduled(r.state) && kind_checkable(r.provider, r.kind)
-                         ? std::optional(next_check(r, now))
-                         : std::nullopt;
+  r.next_check_due =
+      state_scheduled(r.state) && checkable(r) ? std::optional(next_check(r, now)) : std::nullopt;
 }
 
 void Policy::set_state(TokenRecord& r, TokenState s, SysTime now) const {
@@ -153,8 +174,7 @@ void Policy::on_refresh_success(TokenRecord& r, SysTime now) const {
     due = now + schedule_for(r.provider).check_every;
   }
   r.next_refresh_due = due;
-  if (!r.next_check_due && kind_checkable(r.provider, r.kind))
-    r.next_check_due = next_check(r, now);
+  if (!r.next_check_due && checkable(r)) r.next_check_due = next_check(r, now);
 }
 
 void Policy::on_check_success(TokenRecord& r, SysTime now) const {
@@ -165,8 +185,7 @@ void Policy::on_check_success(TokenRecord& r, SysTime now) const {
   const bool renewal_failing =
       r.state == TokenState::kFailing && r.last_error_operation == Operation::kRefresh;
   if (!renewal_failing) clear_failures(r, now);
-  r.next_check_due =
-      kind_checkable(r.provider, r.kind) ? std::optional(next_check(r, now)) : std::nullopt;
+  r.next_check_due = checkable(r) ? std::optional(next_check(r, now)) : std::nullopt;
   if (!r.next_refresh_due) r.next_refresh_due = next_refresh(r, now);
 }
 

@@ -6,7 +6,9 @@
 //
 // Renewal (per provider, from config):
 //   due = min(anchor + refresh_every,                       when refresh_every is set
-//             renew_point(expires_at), renew_point(refresh_expires_at)   when renew_before is set)
+//             renew_point(expires_at), renew_point(refresh_expires_at)   when renew_before is set
+//             anchor + f * (e - anchor) for e in expires_at, refresh_expires_at   a generic
+//             provider's renew_at_fraction f; 2/3 when it has none of the three)
 //   anchor = the later of connected_at and last_refreshed_at
 //   renew_point(e) = e - renew_before; or, once tokenwarden has renewed the token (so its whole
 //   lifetime is known) and that lifetime is shorter than renew_before, last_refreshed_at + 2/3 of
@@ -28,6 +30,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -38,11 +41,21 @@
 
 namespace tw {
 
+// What the policy needs of a generic provider (GenericProviderConfig).
+struct GenericSchedule {
+  ScheduleConfig schedule;
+  // Renew once this fraction of the lifetime has passed; the default when refresh_every and
+  // renew_before are both off and none is given: 2/3.
+  std::optional<double> renew_at_fraction;
+  bool checkable = false;  // it has an introspection endpoint or a probe
+};
+
 struct PolicyConfig {
   ScheduleConfig meta;
   ScheduleConfig google;
   ScheduleConfig tiktok;
   RetryConfig retry;
+  std::map<Provider, GenericSchedule> generic;
 
   static PolicyConfig from(const Config& config);
 };
@@ -52,7 +65,11 @@ class Policy {
   // `random01` returns numbers in [0, 1) for jitter; tests pass a fixed one.
   Policy(const PolicyConfig& config, std::function<double()> random01);
 
-  const ScheduleConfig& schedule_for(Provider provider) const;
+  // A provider the configuration does not name (a generic one since removed) gets the defaults.
+  const ScheduleConfig& schedule_for(const Provider& provider) const;
+  // Whether `r` is health-checked: its kind can be checked at its provider (kind_checkable) and,
+  // for a generic provider, the configuration gives a way to.
+  bool checkable(const TokenRecord& r) const;
   // Takes new schedules and retry settings (a reloaded config); they apply from the next step.
   void reconfigure(const PolicyConfig& config) { config_ = config; }
 

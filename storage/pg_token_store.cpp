@@ -21,7 +21,7 @@ namespace {
 
 // Forward migrations, one per SQLite migration and with the same meaning: entry i takes the
 // schema from version i to i + 1. Never edit a shipped entry; append a new one (to both stores).
-constexpr std::array<const char*, 5> kPgMigrations{{
+constexpr std::array<const char*, 6> kPgMigrations{{
     // 0 -> 1: tokens, with the schedule in two indexed columns.
     R"sql(
 CREATE TABLE tokens (
@@ -123,6 +123,12 @@ CREATE TRIGGER tokens_count_update AFTER UPDATE ON tokens
   FOR EACH STATEMENT EXECUTE FUNCTION tokens_count();
 CREATE TRIGGER tokens_count_delete AFTER DELETE ON tokens REFERENCING OLD TABLE AS old_rows
   FOR EACH STATEMENT EXECUTE FUNCTION tokens_count();
+)sql",
+    // 5 -> 6: providers defined in the configuration: any valid provider name (core/token.h).
+    R"sql(
+ALTER TABLE tokens DROP CONSTRAINT tokens_provider_check;
+ALTER TABLE tokens ADD CONSTRAINT tokens_provider_check
+  CHECK (provider ~ '^[a-z][a-z0-9_-]{0,31}$');
 )sql",
 }};
 

@@ -30,7 +30,7 @@ namespace {
 
 // Forward migrations: entry i takes the schema from version i to i + 1. Never edit a shipped
 // entry; append a new one.
-constexpr std::array<const char*, 5> kMigrations{{
+constexpr std::array<const char*, 6> kMigrations{{
     // 0 -> 1: tokens, with the schedule in two indexed columns.
     R"sql(
 CREATE TABLE tokens (
@@ -104,6 +104,83 @@ CREATE TABLE token_counts (
   PRIMARY KEY (provider, state)
 ) STRICT, WITHOUT ROWID;
 INSERT INTO token_counts SELECT provider, state, COUNT(*) FROM tokens GROUP BY provider, state;
+CREATE TRIGGER tokens_count_insert AFTER INSERT ON tokens BEGIN
+  INSERT INTO token_counts VALUES (NEW.provider, NEW.state, 1)
+    ON CONFLICT (provider, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tokens_count_delete AFTER DELETE ON tokens BEGIN
+  UPDATE token_counts SET n = n - 1 WHERE provider = OLD.provider AND state = OLD.state;
+END;
+CREATE TRIGGER tokens_count_update AFTER UPDATE OF provider, state ON tokens
+  WHEN OLD.provider IS NOT NEW.provider OR OLD.state IS NOT NEW.state BEGIN
+  UPDATE token_counts SET n = n - 1 WHERE provider = OLD.provider AND state = OLD.state;
+  INSERT INTO token_counts VALUES (NEW.provider, NEW.state, 1)
+    ON CONFLICT (provider, state) DO UPDATE SET n = n + 1;
+END;
+)sql",
+    // 5 -> 6: providers defined in the configuration: the provider column takes any valid
+    // provider name (core/token.h) instead of the three built-in ones. SQLite cannot alter a
+    // CHECK constraint, so the table is rebuilt (SQLite's documented 12-step procedure; there
+    // are no foreign keys), then its indexes and triggers are made again. The counts table is
+    // unchanged: the rows are the same.
+    R"sql(
+CREATE TABLE tokens_v6 (
+  id                   TEXT PRIMARY KEY,
+  provider             TEXT NOT NULL CHECK (length(provider) BETWEEN 1 AND 32 AND
+                                            provider GLOB '[a-z]*' AND
+                                            provider NOT GLOB '*[^a-z0-9_-]*'),
+  kind                 TEXT NOT NULL CHECK (kind IN ('page_token', 'user_token', 'refresh_token',
+                                          'business_token', 'client_credentials', 'api_key')),
+  workspace_id         TEXT NOT NULL,
+  account_id           TEXT NOT NULL,
+  scopes               TEXT NOT NULL DEFAULT '',
+  access_token         BLOB,
+  refresh_token        BLOB,
+  expires_at           INTEGER,
+  refresh_expires_at   INTEGER,
+  next_refresh_due     INTEGER,
+  next_check_due       INTEGER,
+  state                TEXT NOT NULL CHECK (state IN ('active', 'failing', 'needs_reauth',
+                                                      'revoked', 'disabled')),
+  state_since          INTEGER NOT NULL,
+  consecutive_failures INTEGER NOT NULL DEFAULT 0,
+  last_error_class     TEXT NOT NULL DEFAULT 'none',
+  last_error_operation TEXT NOT NULL DEFAULT '' CHECK (last_error_operation IN ('', 'refresh',
+                                                                               'check')),
+  last_error_message   TEXT NOT NULL DEFAULT '',
+  last_error_at        INTEGER,
+  last_refreshed_at    INTEGER,
+  last_checked_at      INTEGER,
+  connected_at         INTEGER NOT NULL,
+  created_at           INTEGER NOT NULL,
+  updated_at           INTEGER NOT NULL,
+  lease_owner          TEXT,
+  lease_until          INTEGER,
+  lease_generation     INTEGER NOT NULL DEFAULT 0,
+  reauth_notified_since INTEGER,
+  renewal_in_doubt_since INTEGER,
+  UNIQUE (provider, account_id)
+) STRICT;
+INSERT INTO tokens_v6 (id, provider, kind, workspace_id, account_id, scopes, access_token,
+  refresh_token, expires_at, refresh_expires_at, next_refresh_due, next_check_due, state,
+  state_since, consecutive_failures, last_error_class, last_error_operation, last_error_message,
+  last_error_at, last_refreshed_at, last_checked_at, connected_at, created_at, updated_at,
+  lease_owner, lease_until, lease_generation, reauth_notified_since, renewal_in_doubt_since)
+SELECT id, provider, kind, workspace_id, account_id, scopes, access_token,
+  refresh_token, expires_at, refresh_expires_at, next_refresh_due, next_check_due, state,
+  state_since, consecutive_failures, last_error_class, last_error_operation, last_error_message,
+  last_error_at, last_refreshed_at, last_checked_at, connected_at, created_at, updated_at,
+  lease_owner, lease_until, lease_generation, reauth_notified_since, renewal_in_doubt_since
+FROM tokens;
+DROP TABLE tokens;
+ALTER TABLE tokens_v6 RENAME TO tokens;
+CREATE INDEX tokens_workspace ON tokens (workspace_id);
+CREATE INDEX tokens_refresh_due ON tokens (provider, next_refresh_due)
+  WHERE next_refresh_due IS NOT NULL;
+CREATE INDEX tokens_check_due ON tokens (provider, next_check_due)
+  WHERE next_check_due IS NOT NULL;
+CREATE INDEX tokens_reauth_unnotified ON tokens (state_since)
+  WHERE state IN ('needs_reauth', 'revoked');
 CREATE TRIGGER tokens_count_insert AFTER INSERT ON tokens BEGIN
   INSERT INTO token_counts VALUES (NEW.provider, NEW.state, 1)
     ON CONFLICT (provider, state) DO UPDATE SET n = n + 1;

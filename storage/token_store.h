@@ -78,6 +78,7 @@ struct StateCounts {
 
 // Which providers a worker serves.
 using ProviderSet = std::vector<Provider>;
+// The built-in providers (a daemon serves these and the generic ones it is configured with).
 inline const ProviderSet kAllProviders{Provider::kMeta, Provider::kGoogle, Provider::kTikTok};
 
 // A token's earliest due time.

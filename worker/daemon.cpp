@@ -53,6 +53,12 @@ Result<std::unique_ptr<Daemon>> Daemon::build(const Config& config,
     if (!c) return c.error();
     d->clients.push_back(std::move(*c));
   }
+  for (const GenericProviderConfig& g : p.generic) {
+    if (!g.enabled) continue;
+    auto c = make_generic_client(g, *d->http, d->clock);
+    if (!c) return c.error();
+    d->clients.push_back(std::move(*c));
+  }
 
   auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
   d->policy = std::make_unique<Policy>(PolicyConfig::from(config), [rng] {

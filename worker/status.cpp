@@ -191,7 +191,11 @@ Result<nlohmann::json> StatusReporter::snapshot() {
   nlohmann::json totals = nlohmann::json::object();
   for (TokenState st : kTokenStates)
     totals[std::string(to_string(st))] = 0;
-  for (Provider p : kAllProviders) {
+  ProviderSet shown = kAllProviders;
+  for (const Provider& p : providers_) {
+    if (std::find(shown.begin(), shown.end(), p) == shown.end()) shown.push_back(p);
+  }
+  for (const Provider& p : shown) {
     nlohmann::json& row = providers[std::string(to_string(p))];
     for (TokenState st : kTokenStates)
       row[std::string(to_string(st))] = 0;

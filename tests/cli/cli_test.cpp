@@ -1,5 +1,6 @@
 // Black-box tests: the real `tokenwarden` binary with a temporary config, key and database.
 #include <filesystem>
+#include <set>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -271,10 +272,14 @@ TEST_F(Cli, BadInputIsOneLineExitTwoAndChangesNothing) {
   };
   const std::string big(70'000, 'a');
   const std::vector<Case> cases{
-      {{"add", "--provider", "myspace", "--kind", "api_key", "--workspace", "w", "--account",
+      {{"add", "--provider", "My Space", "--kind", "api_key", "--workspace", "w", "--account",
         "keep"},
        "k\n",
        "unknown provider"},
+      {{"add", "--provider", "myspace", "--kind", "api_key", "--workspace", "w", "--account",
+        "keep"},
+       "k\n",
+       "no provider \"myspace\" in "},
       {{"add", "--provider", "google", "--kind", "page_token", "--workspace", "w", "--account",
         "a"},
        "k\n",
@@ -321,6 +326,42 @@ TEST_F(Cli, BadInputIsOneLineExitTwoAndChangesNothing) {
     EXPECT_EQ(r.err.find("rft"), std::string::npos) << "never echo the input";
   }
   EXPECT_EQ(run({"list", "--json"}).out, before) << "the existing token is untouched";
+}
+
+TEST_F(Cli, GenericProvidersTakeTheirOneKindAndAClientCredentialsTokenNeedsNoSecret) {
+  setenv("TW_CLI_ACME_SECRET", "cli-acme-secret", 1);
+  write_file(config_path(),
+             "database:\n  path: " + db_path() + "\nkey:\n  file: " + key_path() +
+                 "\nproviders:\n  generic:\n    acme-cc:\n      token_url: http://127.0.0.1:9/t\n"
+                 "      client_id: c1\n      client_secret: {env: TW_CLI_ACME_SECRET}\n"
+                 "      grant: client_credentials\n"
+                 "    keys:\n      type: api_key\n      probe: {url: http://127.0.0.1:9/me}\n");
+  CliRun cc = run({"add", "--provider", "acme-cc", "--kind", "client_credentials", "--workspace",
+                   "ws", "--account", "c1"});
+  ASSERT_EQ(cc.exit_code, 0) << cc.err;
+  EXPECT_NE(cc.out.find("added tok_"), std::string::npos) << cc.out;
+  EXPECT_EQ(cc.err, "") << "renewable, so no warning";
+  CliRun wrong = run({"add", "--provider", "acme-cc", "--kind", "refresh_token", "--workspace",
+                      "ws", "--account", "c2"},
+                     "a\nr\n");
+  EXPECT_EQ(wrong.exit_code, 2);
+  EXPECT_NE(wrong.err.find("acme-cc tokens are client_credentials tokens"), std::string::npos)
+      << wrong.err;
+  CliRun key = run(
+      {"add", "--provider", "keys", "--kind", "api_key", "--workspace", "ws", "--account", "k1"},
+      "sk_live_123\n");
+  ASSERT_EQ(key.exit_code, 0) << key.err;
+  auto listed = nlohmann::json::parse(run({"list", "--json"}).out);
+  ASSERT_EQ(listed.size(), 2u);
+  std::set<std::string> providers;
+  for (const auto& t : listed)
+    providers.insert(t["provider"].get<std::string>());
+  EXPECT_EQ(providers, (std::set<std::string>{"acme-cc", "keys"}));
+  const std::string key_id = key.out.substr(key.out.find("tok_"), 20);
+  CliRun revoke = run({"remove", "--revoke", key_id});
+  EXPECT_EQ(revoke.exit_code, 2) << revoke.err;
+  EXPECT_NE(revoke.err.find("no revocation endpoint"), std::string::npos) << revoke.err;
+  EXPECT_EQ(token_count(), 2u) << "nothing was removed";
 }
 
 TEST_F(Cli, ConfigAndKeyProblemsAreNamed) {

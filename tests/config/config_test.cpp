@@ -177,6 +177,80 @@ TEST(ConfigExample, LoadsWithAllProvidersEnabled) {
   EXPECT_EQ(tiktok.business_app_secret.source, SecretRef::Source::kEnv);
   EXPECT_EQ(tiktok.business_app_secret.name, "TW_TIKTOK_CLIENT_SECRET");
   expect_schedule(tiktok.schedule, std::nullopt, 72h, 1h);
+
+  ASSERT_EQ(c.providers.generic.size(), 2u);
+  const GenericProviderConfig& acme = c.providers.generic[0];
+  EXPECT_EQ(acme.provider, *Provider::named("acme"));
+  EXPECT_TRUE(acme.enabled);
+  EXPECT_EQ(acme.type, GenericProviderConfig::Type::kOAuth2);
+  EXPECT_EQ(acme.token_url, "https://auth.acme.example/oauth2/token");
+  EXPECT_EQ(acme.client_auth, GenericProviderConfig::ClientAuth::kBasic);
+  EXPECT_EQ(acme.grant, GenericProviderConfig::Grant::kRefreshToken);
+  EXPECT_EQ(acme.kind(), TokenKind::kRefreshToken);
+  EXPECT_EQ(acme.renew_at_fraction, 0.67);
+  ASSERT_EQ(acme.headers.size(), 2u);
+  EXPECT_EQ(acme.headers[0].name, "x-api-key");
+  EXPECT_EQ(acme.headers[0].secret.name, "TW_ACME_GATEWAY_KEY");
+  EXPECT_EQ(acme.headers[1].value, "en");
+  EXPECT_TRUE(acme.checkable());
+  const GenericProviderConfig& reviews = c.providers.generic[1];
+  EXPECT_EQ(reviews.type, GenericProviderConfig::Type::kApiKey);
+  EXPECT_EQ(reviews.kind(), TokenKind::kApiKey);
+  EXPECT_EQ(reviews.probe.prefix, "Bearer ");
+  EXPECT_EQ(reviews.probe.revoked_status, (std::vector<int>{401, 403}));
+  EXPECT_TRUE(c.providers.enabled(reviews.provider));
+  EXPECT_TRUE(c.providers.allows(reviews.provider, TokenKind::kApiKey));
+  EXPECT_FALSE(c.providers.allows(reviews.provider, TokenKind::kRefreshToken));
+  EXPECT_FALSE(c.providers.allows(*Provider::named("nosuch"), TokenKind::kApiKey));
+}
+
+TEST(ConfigErrors, GenericProvidersNameTheKeyAndLine) {
+  const std::string oauth =
+      "providers:\n  generic:\n    acme:\n      token_url: http://a.test/token\n"
+      "      client_id: x\n      client_secret: {env: X}\n";
+  expect_errors({
+      {"providers:\n  generic:\n    Acme: {type: api_key}\n",
+       "test.yaml:3: providers.generic.Acme: a provider name is 1 to 32 characters of a-z, 0-9, _ "
+       "and -, starting with a letter"},
+      {"providers:\n  generic:\n    google: {}\n",
+       "test.yaml:3: providers.generic.google: is a built-in provider: configure it under "
+       "providers.google"},
+      {"providers:\n  generic:\n    acme:\n      client_id: x\n      client_secret: {env: X}\n",
+       "test.yaml:3: providers.generic.acme.token_url: missing required key (type oauth2)"},
+      {"providers:\n  generic:\n    acme:\n      token_url: http://a.test/token\n",
+       "test.yaml:3: providers.generic.acme.client_id: missing required key"},
+      {oauth + "      grant: password\n",
+       "test.yaml:7: providers.generic.acme.grant: expected one of refresh_token, "
+       "client_credentials; got \"password\""},
+      {oauth + "      renew_at_fraction: 1.5\n",
+       "test.yaml:7: providers.generic.acme.renew_at_fraction: must be a number from 0.05 to 0.95; "
+       "got \"1.5\""},
+      {oauth + "      renew_at_fraction: 0.5\n      renew_before: 1h\n",
+       "test.yaml:7: providers.generic.acme.renew_at_fraction: give renew_before or "
+       "renew_at_fraction, not both"},
+      {oauth + "      headers: {\"bad header\": x}\n",
+       "test.yaml:7: providers.generic.acme.headers.bad header: not an HTTP header name"},
+      {oauth + "      headers: {Content-Type: text/plain}\n",
+       "test.yaml:7: providers.generic.acme.headers.Content-Type: tokenwarden sets this header "
+       "itself"},
+      {oauth + "      probe: {url: http://a.test/me}\n",
+       "test.yaml:7: providers.generic.acme.probe: only for type api_key"},
+      {"providers:\n  generic:\n    keys:\n      type: api_key\n",
+       "test.yaml:3: providers.generic.keys.probe: missing required key (type api_key: the request "
+       "that tests a key)"},
+      {"providers:\n  generic:\n    keys:\n      type: api_key\n      renew_before: 1h\n"
+       "      probe: {url: http://a.test/me}\n",
+       "test.yaml:5: providers.generic.keys.renew_before: only for type oauth2 (API keys are never "
+       "renewed)"},
+      {"providers:\n  generic:\n    keys:\n      type: api_key\n"
+       "      probe: {url: http://a.test/me, valid_status: [200, 401]}\n",
+       "test.yaml:5: providers.generic.keys.probe.revoked_status: status 401 is also in "
+       "valid_status"},
+      {"providers:\n  generic:\n    keys:\n      type: api_key\n"
+       "      probe: {url: http://a.test/me, valid_status: [200, abc]}\n",
+       "test.yaml:5: providers.generic.keys.probe.valid_status[1]: expected an integer from 100 to "
+       "599"},
+  });
 }
 
 // Every key the parser knows appears in the example, and every key line there has a comment on
@@ -209,6 +283,23 @@ TEST(ConfigExample, DocumentsEveryKey) {
                           "client_key:",
                           "business_app_id:",
                           "business_app_secret:",
+                          "generic:",
+                          "type:",
+                          "token_url:",
+                          "client_auth:",
+                          "grant:",
+                          "scope:",
+                          "introspection_url:",
+                          "revocation_url:",
+                          "renew_at_fraction:",
+                          "headers:",
+                          "probe:",
+                          "method:",
+                          "url:",
+                          "header:",
+                          "prefix:",
+                          "valid_status:",
+                          "revoked_status:",
                           "refresh_every:",
                           "renew_before:",
                           "check_every:",
@@ -464,7 +555,7 @@ TEST(ConfigErrors, UnknownKeyFarFromAnyListsTheAllowedKeys) {
        "retry, "
        "scheduler, status, log, notify, debug)"},
       {"providers:\n  facebook: {}\n",
-       "test.yaml:2: providers.facebook: unknown key (allowed: meta, google, tiktok)"},
+       "test.yaml:2: providers.facebook: unknown key (allowed: meta, google, tiktok, generic)"},
   });
 }
 

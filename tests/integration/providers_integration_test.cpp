@@ -73,6 +73,11 @@ class Sim {
     return admin("GET", "/admin/account?provider=" + provider + "&account_id=" + id);
   }
   void fault(json f) { admin("POST", "/admin/fault", f); }
+  // A provider call made in-process, e.g. introspecting a token the daemon no longer holds.
+  sim::Response call(sim::Request r) {
+    r.remote = "127.0.0.1";
+    return sim_.handle(r);
+  }
   json totals() { return admin("GET", "/admin/counters")["totals"]; }
 
   const std::string& base() const { return base_; }
@@ -94,6 +99,8 @@ class ProvidersIntegration : public ::testing::TestWithParam<bool> {
     setenv("TW_IT_META", "sim-meta-secret", 1);
     setenv("TW_IT_GOOGLE", "sim-google-secret", 1);
     setenv("TW_IT_TIKTOK", "sim-tiktok-secret", 1);
+    setenv("TW_IT_OAUTH2", "sim-oauth2-secret", 1);
+    setenv("TW_IT_GATEWAY", "sim-oauth2-gateway-key", 1);
     Config c;
     c.http.total_timeout = 1s;
     c.http.connect_timeout = 1s;
@@ -114,6 +121,30 @@ class ProvidersIntegration : public ::testing::TestWithParam<bool> {
     c.providers.tiktok.client_secret = {SecretRef::Source::kEnv, "TW_IT_TIKTOK"};
     c.providers.tiktok.business_app_id = "sim-tiktok-key";
     c.providers.tiktok.business_app_secret = c.providers.tiktok.client_secret;
+    // The simulator's standards-compliant OAuth 2.0 server, once per grant, and its API keys.
+    GenericProviderConfig acme;
+    acme.provider = kAcme;
+    acme.enabled = true;
+    acme.token_url = sim_.base() + "/oauth2/token";
+    acme.introspection_url = sim_.base() + "/oauth2/introspect";
+    acme.revocation_url = sim_.base() + "/oauth2/revoke";
+    acme.client_id = "sim-oauth2-client";
+    acme.client_secret = {SecretRef::Source::kEnv, "TW_IT_OAUTH2"};
+    acme.headers = {HeaderConfig{"x-api-key", "", {SecretRef::Source::kEnv, "TW_IT_GATEWAY"}}};
+    GenericProviderConfig acme_cc = acme;
+    acme_cc.provider = kAcmeClient;
+    acme_cc.grant = GenericProviderConfig::Grant::kClientCredentials;
+    acme_cc.client_auth = GenericProviderConfig::ClientAuth::kPost;
+    acme_cc.scope = "read";
+    GenericProviderConfig keys;
+    keys.provider = kKeys;
+    keys.enabled = true;
+    keys.type = GenericProviderConfig::Type::kApiKey;
+    keys.probe.url = sim_.base() + "/apikey/probe";
+    keys.probe.header = "X-API-Key";
+    keys.probe.valid_status = {200};
+    keys.probe.revoked_status = {401};
+    c.providers.generic = {acme, acme_cc, keys};
     config_ = c;
 
     store_ = std::move(
@@ -122,6 +153,8 @@ class ProvidersIntegration : public ::testing::TestWithParam<bool> {
     clients_.push_back(std::move(*make_meta_client(c.providers.meta, *http_, clock_)));
     clients_.push_back(std::move(*make_google_client(c.providers.google, *http_, clock_)));
     clients_.push_back(std::move(*make_tiktok_client(c.providers.tiktok, *http_, clock_)));
+    for (const GenericProviderConfig& g : c.providers.generic)
+      clients_.push_back(std::move(*make_generic_client(g, *http_, clock_)));
     policy_ = std::make_unique<Policy>(PolicyConfig::from(c), [] { return 0.0; });
     scheduler_ = std::make_unique<Scheduler>(*store_, *policy_, clock_, c.scheduler, "it");
     LogConfig lc;
@@ -172,6 +205,10 @@ class ProvidersIntegration : public ::testing::TestWithParam<bool> {
   std::string stored_access(const std::string& id) {
     return std::string(store_->read_secrets(get(id))->access_token.reveal());
   }
+
+  static inline const Provider kAcme = *Provider::named("acme");
+  static inline const Provider kAcmeClient = *Provider::named("acme-cc");
+  static inline const Provider kKeys = *Provider::named("keys");
 
   testing::TempDir dir_;
   Sim sim_;
@@ -434,6 +471,116 @@ TEST_P(ProvidersIntegration, AProviderThatIsDownIsTransient) {
   ASSERT_TRUE(o);
   EXPECT_EQ(o->failure.error_class, ErrorClass::kTransient) << o->failure.message;
   EXPECT_NE(o->failure.message.find("connect"), std::string::npos) << o->failure.message;
+}
+
+TEST_P(ProvidersIntegration, GenericOAuth2RefreshGrantRotatesAndIntrospectionFindsTheRevocation) {
+  const std::string id =
+      seed({{"provider", "oauth2"}, {"account_id", "user-1"}}, kAcme, TokenKind::kRefreshToken);
+  for (int i = 0; i < 2; ++i) {
+    ForcedResult r = run(id, Operation::kRefresh);
+    ASSERT_EQ(r.status, Status::kOk) << r.message;
+    EXPECT_EQ(stored_refresh(id), sim_.account("oauth2", "user-1")["refresh_token"])
+        << "the rotated refresh token is the one stored, renewal " << i;
+    EXPECT_EQ(stored_access(id), sim_.account("oauth2", "user-1")["access_token"]);
+  }
+  EXPECT_GT(*get(id).expires_at, clock_.now() + 50min) << "expires_in 3600 was read";
+  EXPECT_EQ(sim_.totals()["reused_refresh_tokens"], 0);
+  EXPECT_EQ(run(id, Operation::kCheck).status, Status::kOk);
+  EXPECT_EQ(get(id).state, TokenState::kActive);
+
+  sim_.admin("POST", "/admin/revoke", {{"provider", "oauth2"}, {"account_id", "user-1"}});
+  ForcedResult r = run(id, Operation::kCheck);
+  EXPECT_EQ(r.status, Status::kFailed);
+  EXPECT_EQ(get(id).state, TokenState::kRevoked) << r.message;
+  EXPECT_NE(get(id).last_error_message.find("no longer active"), std::string::npos)
+      << get(id).last_error_message;
+
+  // A refused refresh token (invalid_grant) needs re-authorisation, and is not retried.
+  const std::string other =
+      seed({{"provider", "oauth2"}, {"account_id", "user-2"}}, kAcme, TokenKind::kRefreshToken);
+  sim_.admin("POST", "/admin/revoke", {{"provider", "oauth2"}, {"account_id", "user-2"}});
+  r = run(other, Operation::kRefresh);
+  EXPECT_EQ(r.status, Status::kFailed);
+  EXPECT_EQ(get(other).state, TokenState::kNeedsReauth) << r.message;
+  EXPECT_FALSE(get(other).next_refresh_due);
+}
+
+TEST_P(ProvidersIntegration, GenericClientCredentialsTheNewTokenIsStoredAndTheOldOneIsEnded) {
+  // Added with no secret at all: the first renewal fetches one.
+  NewToken t{kAcmeClient, TokenKind::kClientCredentials, "ws", "sim-oauth2-client", "", {}, {}};
+  const std::string id =
+      store_
+          ->upsert(t, TokenSecrets{}, clock_.now(),
+                   [&](TokenRecord& rec) { policy_->schedule_new(rec, clock_.now()); })
+          ->record.id;
+  EXPECT_EQ(get(id).next_refresh_due, clock_.now()) << "no token yet: due at once";
+  ForcedResult r = run(id, Operation::kRefresh);
+  ASSERT_EQ(r.status, Status::kOk) << r.message;
+  const std::string first = stored_access(id);
+  EXPECT_EQ(first, sim_.account("oauth2", "sim-oauth2-client")["access_token"]);
+  EXPECT_GT(*get(id).expires_at, clock_.now() + 7h) << "an 8-hour token";
+  EXPECT_EQ(run(id, Operation::kCheck).status, Status::kOk);
+
+  ASSERT_EQ(run(id, Operation::kRefresh).status, Status::kOk);
+  const std::string second = stored_access(id);
+  EXPECT_NE(second, first);
+  EXPECT_EQ(second, sim_.account("oauth2", "sim-oauth2-client")["access_token"]);
+  sim::Request introspect;
+  introspect.method = "POST";
+  introspect.target = introspect.path = "/oauth2/introspect";
+  introspect.headers = {{"content-type", "application/x-www-form-urlencoded"},
+                        {"x-api-key", "sim-oauth2-gateway-key"}};
+  introspect.body = "client_id=sim-oauth2-client&client_secret=sim-oauth2-secret&token=" + first;
+  EXPECT_EQ(json::parse(sim_.call(introspect).body)["active"], false)
+      << "asking for a new token ended the old one";
+  EXPECT_EQ(run(id, Operation::kCheck).status, Status::kOk) << "the stored one is the live one";
+
+  // Ended behind our back (another party asked for one): the check renews and passes.
+  sim::Request steal;
+  steal.method = "POST";
+  steal.target = steal.path = "/oauth2/token";
+  steal.headers = introspect.headers;
+  steal.body =
+      "grant_type=client_credentials&client_id=sim-oauth2-client&"
+      "client_secret=sim-oauth2-secret";
+  ASSERT_EQ(sim_.call(steal).status, 200);
+  r = run(id, Operation::kCheck);
+  EXPECT_EQ(r.status, Status::kOk) << r.message;
+  EXPECT_NE(stored_access(id), second);
+  EXPECT_EQ(get(id).state, TokenState::kActive);
+}
+
+TEST_P(ProvidersIntegration, GenericApiKeyProbeAndRevocation) {
+  const std::string id =
+      seed({{"provider", "apikey"}, {"account_id", "key-1"}}, kKeys, TokenKind::kApiKey);
+  EXPECT_FALSE(get(id).next_refresh_due) << "API keys are never renewed";
+  EXPECT_TRUE(get(id).next_check_due);
+  EXPECT_EQ(run(id, Operation::kCheck).status, Status::kOk);
+  sim_.admin("POST", "/admin/revoke", {{"provider", "apikey"}, {"account_id", "key-1"}});
+  ForcedResult r = run(id, Operation::kCheck);
+  EXPECT_EQ(r.status, Status::kFailed);
+  EXPECT_EQ(get(id).state, TokenState::kRevoked) << r.message;
+}
+
+TEST_P(ProvidersIntegration, GenericRevocationEndpointEndsTheGrant) {
+  const std::string id =
+      seed({{"provider", "oauth2"}, {"account_id", "user-9"}}, kAcme, TokenKind::kRefreshToken);
+  ProviderClient& acme = *clients_[3];
+  ASSERT_EQ(acme.provider(), kAcme);
+  ASSERT_TRUE(acme.can_revoke());
+  std::optional<tw::Status> revoked;
+  TokenSecrets secrets = *store_->read_secrets(get(id));
+  acme.revoke(get(id), secrets, [&](tw::Status st) {
+    revoked = std::move(st);
+    io_.stop();
+  });
+  io_.restart();
+  io_.run_for(10s);
+  ASSERT_TRUE(revoked);
+  EXPECT_TRUE(*revoked) << revoked->error().message();
+  ForcedResult r = run(id, Operation::kRefresh);
+  EXPECT_EQ(r.status, Status::kFailed) << "the revoked refresh token no longer works";
+  EXPECT_EQ(get(id).state, TokenState::kNeedsReauth) << r.message;
 }
 
 INSTANTIATE_TEST_SUITE_P(HttpAndHttps, ProvidersIntegration, ::testing::Values(false, true),

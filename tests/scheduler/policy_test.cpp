@@ -53,6 +53,49 @@ TEST_F(PolicyTest, MetaRenewsWeeklyAndEarlierWhenTheUserTokenIsAboutToExpire) {
       << "two thirds of a known 2-day lifetime";
 }
 
+// A generic provider: renewed at a fraction of the lifetime (2/3 by default), or renew_before
+// ahead of expiry; checked only when its configuration gives a way to.
+TEST(GenericPolicy, RenewsAtAFractionOfTheLifetimeOrBeforeExpiry) {
+  const Provider acme = *Provider::named("acme");
+  PolicyConfig config = defaults();
+  config.generic[acme] =
+      GenericSchedule{ScheduleConfig{std::nullopt, std::nullopt, 1h}, std::nullopt, false};
+  Policy policy(config, [] { return 0.0; });
+  TokenRecord cc = token(acme, TokenKind::kClientCredentials, false);
+  EXPECT_TRUE(Policy::renewable(cc)) << "a generic client-credentials token is renewed";
+  EXPECT_EQ(policy.next_refresh(cc, kPolicyNow), kPolicyNow) << "no expiry known: at once";
+  cc.expires_at = kPolicyNow + 8h;
+  EXPECT_EQ(policy.next_refresh(cc, kPolicyNow), kPolicyNow + 320min) << "default 2/3";
+  cc.last_refreshed_at = kPolicyNow + 6h;
+  cc.expires_at = kPolicyNow + 14h;
+  EXPECT_EQ(policy.next_refresh(cc, kPolicyNow + 6h), kPolicyNow + 6h + 320min);
+  EXPECT_FALSE(policy.checkable(cc)) << "no introspection configured";
+  policy.schedule_new(cc, kPolicyNow);
+  EXPECT_FALSE(cc.next_check_due);
+
+  config.generic[acme] = GenericSchedule{ScheduleConfig{std::nullopt, std::nullopt, 1h}, 0.5, true};
+  policy.reconfigure(config);
+  TokenRecord rt = token(acme, TokenKind::kRefreshToken);
+  rt.expires_at = kPolicyNow + 10h;
+  rt.refresh_expires_at = kPolicyNow + days(30);
+  EXPECT_EQ(policy.next_refresh(rt, kPolicyNow), kPolicyNow + 5h) << "the earlier of the two";
+  EXPECT_TRUE(policy.checkable(rt));
+  policy.schedule_new(rt, kPolicyNow);
+  EXPECT_TRUE(rt.next_check_due);
+
+  config.generic[acme] = GenericSchedule{ScheduleConfig{std::nullopt, 2h, 1h}, std::nullopt, true};
+  policy.reconfigure(config);
+  EXPECT_EQ(policy.next_refresh(rt, kPolicyNow), kPolicyNow + 8h) << "renew_before wins alone";
+
+  // An API key is never renewed; a Meta client-credentials (app) token is only checked.
+  EXPECT_FALSE(Policy::renewable(token(acme, TokenKind::kApiKey, false)));
+  EXPECT_FALSE(Policy::renewable(token(Provider::kMeta, TokenKind::kClientCredentials, false)));
+  // A provider the configuration no longer names gets defaults, not a crash, and no checks.
+  TokenRecord gone = token(*Provider::named("gone"), TokenKind::kRefreshToken);
+  EXPECT_FALSE(policy.checkable(gone));
+  EXPECT_EQ(policy.schedule_for(gone.provider).check_every, ScheduleConfig{}.check_every);
+}
+
 TEST_F(PolicyTest, GoogleRenewsEveryThirtyDaysWhateverTheAccessTokenExpiry) {
   TokenRecord r = token(Provider::kGoogle, TokenKind::kRefreshToken);
   r.expires_at = kPolicyNow + 1h;  // the access token: refreshed on demand, not scheduled

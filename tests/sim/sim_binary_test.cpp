@@ -191,6 +191,38 @@ TEST_F(SimBinaryTest, RefreshDuringADelayedOneIsCountedConcurrent) {
   EXPECT_EQ(sim->terminate(), 0);
 }
 
+TEST_F(SimBinaryTest, ServesTheGenericOAuth2ServerAndTheApiKeyProbe) {
+  start({"--oauth2-access-lifetime", "120", "--oauth2-api-key", "gw-key"});
+  // base64("sim-oauth2-client:sim-oauth2-secret"); header names in any case.
+  const std::vector<std::string> auth = {
+      "Authorization: Basic c2ltLW9hdXRoMi1jbGllbnQ6c2ltLW9hdXRoMi1zZWNyZXQ=", "X-API-Key: gw-key"};
+  const json g = post("/admin/seed", {{"provider", "oauth2"}, {"account_id", "u1"}});
+  const std::string refresh_token = g["refresh_token"];
+  const std::string form = "grant_type=refresh_token&refresh_token=" + refresh_token;
+  EXPECT_EQ(http("POST", base + "/oauth2/token", form, {auth[0]}).status, 403);  // no gateway key
+  const HttpResult refreshed = http("POST", base + "/oauth2/token", form, auth);
+  ASSERT_EQ(refreshed.status, 200) << refreshed.body;
+  const json b = json::parse(refreshed.body);
+  EXPECT_EQ(b["expires_in"], 120);
+  EXPECT_NE(b["refresh_token"], refresh_token);
+  EXPECT_EQ(http("POST", base + "/oauth2/token", form, auth).status, 400);  // rotated away
+
+  const std::string access = b["access_token"];
+  const HttpResult revoked = http("POST", base + "/oauth2/revoke", "token=" + access, auth);
+  EXPECT_EQ(revoked.status, 200);
+  EXPECT_TRUE(revoked.body.empty());
+  const HttpResult inactive = http("POST", base + "/oauth2/introspect", "token=" + access, auth);
+  EXPECT_EQ(inactive.status, 200);
+  EXPECT_EQ(json::parse(inactive.body), json({{"active", false}}));
+
+  const json k = post("/admin/seed", {{"provider", "apikey"}, {"account_id", "k1"}});
+  const HttpResult probed = http("GET", base + "/apikey/probe", {},
+                                 {"X-Api-Key: " + k["access_token"].get<std::string>()});
+  EXPECT_EQ(probed.status, 200);
+  EXPECT_EQ(json::parse(probed.body), json({{"account_id", "k1"}}));
+  EXPECT_EQ(sim->terminate(), 0);
+}
+
 TEST(SimBinary, BadFlagsExitWithStatus2) {
   testing::TempDir dir;
   for (const std::vector<std::string>& args :

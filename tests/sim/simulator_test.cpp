@@ -1050,5 +1050,611 @@ TEST_F(SimTest, CountersCountRequestsEndpointsAndChecks) {
   EXPECT_EQ(one["accounts"].size(), 1U);
 }
 
+// --- the generic OAuth 2.0 server ("oauth2") and the API-key probe ("apikey") ------------------
+
+std::string base64(const std::string& in) {
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  std::size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    const unsigned v = static_cast<unsigned char>(in[i]) << 16U |
+                       static_cast<unsigned char>(in[i + 1]) << 8U |
+                       static_cast<unsigned char>(in[i + 2]);
+    out += {kAlphabet[v >> 18U], kAlphabet[v >> 12U & 63U], kAlphabet[v >> 6U & 63U],
+            kAlphabet[v & 63U]};
+  }
+  if (i + 1 == in.size()) {
+    const unsigned v = static_cast<unsigned char>(in[i]) << 16U;
+    out += {kAlphabet[v >> 18U], kAlphabet[v >> 12U & 63U], '=', '='};
+  } else if (i + 2 == in.size()) {
+    const unsigned v =
+        static_cast<unsigned char>(in[i]) << 16U | static_cast<unsigned char>(in[i + 1]) << 8U;
+    out += {kAlphabet[v >> 18U], kAlphabet[v >> 12U & 63U], kAlphabet[v >> 6U & 63U], '='};
+  }
+  return out;
+}
+
+TEST(SimBase64, MatchesKnownEncodings) {
+  EXPECT_EQ(base64("sim-google-client:sim-google-secret"),
+            "c2ltLWdvb2dsZS1jbGllbnQ6c2ltLWdvb2dsZS1zZWNyZXQ=");
+  EXPECT_EQ(base64("ab"), "YWI=");
+  EXPECT_EQ(base64("abc"), "YWJj");
+}
+
+class SimOAuth2Test : public SimTest {
+ protected:
+  using Headers = std::map<std::string, std::string>;
+
+  // The gateway key header, as HttpServer hands it over (names lower-cased).
+  Headers gateway() const { return {{"x-api-key", options.oauth2_api_key}}; }
+  Headers basic(const std::string& id, const std::string& secret) const {
+    Headers h = gateway();
+    h["authorization"] = "Basic " + base64(id + ":" + secret);
+    return h;
+  }
+  Headers client_basic() const {
+    return basic(options.oauth2_client_id, options.oauth2_client_secret);
+  }
+  // client_secret_post: the client's fields added to `fields`.
+  Params with_client(Params fields) const {
+    fields["client_id"] = options.oauth2_client_id;
+    fields["client_secret"] = options.oauth2_client_secret;
+    return fields;
+  }
+  Response post(const std::string& path, const Params& fields, const Headers& headers) {
+    return send("POST", path, {}, form(fields), headers);
+  }
+
+  Response refresh_post(const std::string& refresh_token, Params extra = {}) {
+    extra["grant_type"] = "refresh_token";
+    extra["refresh_token"] = refresh_token;
+    return post("/oauth2/token", with_client(std::move(extra)), gateway());
+  }
+  Response refresh_basic(const std::string& refresh_token) {
+    return post("/oauth2/token",
+                {{"grant_type", "refresh_token"}, {"refresh_token", refresh_token}},
+                client_basic());
+  }
+  Response client_credentials(Params extra = {}) {
+    extra["grant_type"] = "client_credentials";
+    return post("/oauth2/token", extra, client_basic());
+  }
+  json introspect(const std::string& token) {
+    const Response r = post("/oauth2/introspect", with_client({{"token", token}}), gateway());
+    EXPECT_EQ(r.status, 200) << r.body;
+    return body_of(r);
+  }
+  Response revoke(const std::string& token, const std::string& hint = {}) {
+    Params fields = {{"token", token}};
+    if (!hint.empty()) fields["token_type_hint"] = hint;
+    return post("/oauth2/revoke", fields, client_basic());
+  }
+  Response probe(const std::string& key) { return get("/apikey/probe", {}, {{"x-api-key", key}}); }
+
+  json seed_oauth2(const std::string& id, json extra = json::object()) {
+    extra["provider"] = "oauth2";
+    extra["account_id"] = id;
+    return seed(extra);
+  }
+};
+
+TEST_F(SimOAuth2Test, SeedReturnsAGrantWithAccessAndRefreshTokens) {
+  const json g = seed_oauth2("u1");
+  EXPECT_TRUE(g["access_token"].get<std::string>().starts_with("oa2at_"));
+  EXPECT_TRUE(g["refresh_token"].get<std::string>().starts_with("oa2rt_"));
+  EXPECT_EQ(g["expires_at"], kSimStart + 3600);
+  EXPECT_TRUE(g["refresh_expires_at"].is_null());
+  EXPECT_EQ(g["scope"], "read write");
+  const json view = account("oauth2", "u1");
+  EXPECT_EQ(view["provider"], "oauth2");
+  EXPECT_EQ(view["access_token"], g["access_token"]);
+  EXPECT_EQ(view["refresh_token"], g["refresh_token"]);
+  EXPECT_EQ(view["scope"], "read write");
+  EXPECT_EQ(view["revoked"], false);
+  // "api" alone names the family; a seed's own scope and access lifetime.
+  const json h = seed(
+      {{"api", "oauth2"}, {"account_id", "u2"}, {"scope", "files.read"}, {"access_lifetime", 60}});
+  EXPECT_EQ(h["expires_at"], kSimStart + 60);
+  EXPECT_EQ(h["scope"], "files.read");
+  EXPECT_EQ(account("oauth2", "u2")["scope"], "files.read");
+}
+
+TEST_F(SimOAuth2Test, SeedRejectsBadOAuth2AndApiKeyFields) {
+  admin("/admin/seed", {{"provider", "oauth2"}, {"account_id", "u"}, {"api", "v2"}}, 400);
+  admin("/admin/seed", {{"provider", "oauth2"}, {"account_id", "u"}, {"access_lifetime", 0}}, 400);
+  admin("/admin/seed", {{"provider", "oauth2"}, {"account_id", "u"}, {"scope", " "}}, 400);
+  admin("/admin/seed", {{"api", "oauth2_client"}, {"account_id", "someone-else"}}, 400);
+  admin("/admin/seed", {{"api", "oauth2_client"}, {"rotate", true}}, 400);  // no refresh token
+  admin("/admin/seed", {{"provider", "apikey"}, {"account_id", "k"}, {"scope", "x"}}, 400);
+  admin("/admin/seed_bulk", {{"api", "oauth2_client"}, {"prefix", "c"}, {"count", 2}}, 400);
+  EXPECT_EQ(get("/admin/account", {{"provider", "oauth2"}, {"account_id", "u"}}).status, 404);
+  EXPECT_EQ(get("/admin/account", {{"provider", "apikey"}, {"account_id", "k"}}).status, 404);
+}
+
+TEST_F(SimOAuth2Test, RefreshWithClientSecretPostRotatesAndTheOldTokenIsInvalidGrant) {
+  const json g = seed_oauth2("u1");
+  const Response r = refresh_post(g["refresh_token"]);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_TRUE(r.content_type.starts_with("application/json"));
+  EXPECT_EQ(header(r, "Cache-Control"), "no-store");
+  EXPECT_EQ(header(r, "Pragma"), "no-cache");
+  const json b = body_of(r);
+  EXPECT_TRUE(b["access_token"].get<std::string>().starts_with("oa2at_"));
+  EXPECT_NE(b["access_token"], g["access_token"]);
+  EXPECT_EQ(b["token_type"], "Bearer");
+  EXPECT_EQ(b["expires_in"], 3600);
+  EXPECT_EQ(b["scope"], "read write");
+  ASSERT_TRUE(b.contains("refresh_token"));
+  EXPECT_NE(b["refresh_token"], g["refresh_token"]);
+
+  const Response reused = refresh_post(g["refresh_token"]);
+  EXPECT_EQ(reused.status, 400);
+  EXPECT_EQ(body_of(reused)["error"], "invalid_grant");
+  EXPECT_FALSE(body_of(reused)["error_description"].get<std::string>().empty());
+  EXPECT_EQ(header(reused, "Cache-Control"), "no-store");
+
+  EXPECT_EQ(refresh_post(b["refresh_token"]).status, 200);
+  const json c = counters("oauth2:u1");
+  EXPECT_EQ(c["refreshes"], 3);
+  EXPECT_EQ(c["reused_refresh_tokens"], 1);
+  EXPECT_EQ(c["invalid_grant"], 1);
+  EXPECT_EQ(body_of(get("/admin/counters"))["by_endpoint"]["oauth2.token"], 3);
+}
+
+TEST_F(SimOAuth2Test, RefreshWithClientSecretBasicRotatesAndTheOldTokenIsInvalidGrant) {
+  const json g = seed_oauth2("u1");
+  const Response r = refresh_basic(g["refresh_token"]);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json b = body_of(r);
+  EXPECT_EQ(b["expires_in"], 3600);
+  EXPECT_EQ(account("oauth2", "u1")["access_token"], b["access_token"]);
+  EXPECT_EQ(account("oauth2", "u1")["refresh_token"], b["refresh_token"]);
+  const Response reused = refresh_basic(g["refresh_token"]);
+  EXPECT_EQ(reused.status, 400);
+  EXPECT_EQ(body_of(reused)["error"], "invalid_grant");
+  EXPECT_EQ(refresh_basic(b["refresh_token"]).status, 200);
+  EXPECT_EQ(counters("oauth2:u1")["invalid_grant"], 1);
+}
+
+TEST_F(SimOAuth2Test, RefreshHonoursTheLifetimeOptionAndTheSeedsRotateFalse) {
+  options.oauth2_access_lifetime = 900;
+  restart();
+  const json g = seed_oauth2("u1", {{"rotate", false}});
+  EXPECT_EQ(g["expires_at"], kSimStart + 900);
+  const json b = body_of(refresh_post(g["refresh_token"]));
+  EXPECT_EQ(b["expires_in"], 900);
+  EXPECT_FALSE(b.contains("refresh_token"));
+  EXPECT_EQ(refresh_post(g["refresh_token"]).status, 200);  // not rotated: still good
+}
+
+TEST_F(SimOAuth2Test, RotationOffByOption) {
+  options.oauth2_rotate_refresh = false;
+  restart();
+  const json g = seed_oauth2("u1");
+  EXPECT_FALSE(body_of(refresh_post(g["refresh_token"])).contains("refresh_token"));
+  EXPECT_EQ(refresh_post(g["refresh_token"]).status, 200);
+}
+
+TEST_F(SimOAuth2Test, ReuseWithinGraceReturnsTheSameNewPair) {
+  options.reuse_grace_seconds = 30;
+  restart();
+  const json g = seed_oauth2("u1");
+  const json first = body_of(refresh_post(g["refresh_token"]));
+  advance(10s);
+  const Response again = refresh_post(g["refresh_token"]);
+  ASSERT_EQ(again.status, 200);
+  EXPECT_EQ(body_of(again)["access_token"], first["access_token"]);
+  EXPECT_EQ(body_of(again)["refresh_token"], first["refresh_token"]);
+  EXPECT_EQ(body_of(again)["expires_in"], 3590);
+  advance(30s);
+  EXPECT_EQ(body_of(refresh_post(g["refresh_token"]))["error"], "invalid_grant");
+  EXPECT_EQ(counters("oauth2:u1")["reused_refresh_tokens"], 2);
+}
+
+TEST_F(SimOAuth2Test, ExpiredAndRevokedRefreshTokensAreInvalidGrant) {
+  const json g = seed_oauth2("u1", {{"refresh_expires_in", 7 * kDay}});
+  EXPECT_EQ(g["refresh_expires_at"], kSimStart + 7 * kDay);
+  const json fresh = body_of(refresh_post(g["refresh_token"]));
+  EXPECT_EQ(account("oauth2", "u1")["refresh_expires_at"], kSimStart + 7 * kDay);  // kept
+  advance(std::chrono::seconds(7 * kDay));
+  const Response expired = refresh_post(fresh["refresh_token"]);
+  EXPECT_EQ(expired.status, 400);
+  EXPECT_EQ(body_of(expired)["error"], "invalid_grant");
+  EXPECT_EQ(body_of(expired)["error_description"], "The refresh token has expired.");
+
+  const json h = seed_oauth2("u2");
+  admin("/admin/revoke", {{"provider", "oauth2"}, {"account_id", "u2"}});
+  const Response revoked = refresh_post(h["refresh_token"]);
+  EXPECT_EQ(revoked.status, 400);
+  EXPECT_EQ(body_of(revoked)["error_description"], "The refresh token has been revoked.");
+  EXPECT_EQ(counters("oauth2:u2")["invalid_grant"], 1);
+
+  const Response unknown = refresh_post("oa2rt_nope");
+  EXPECT_EQ(unknown.status, 400);
+  EXPECT_EQ(body_of(unknown)["error"], "invalid_grant");
+  EXPECT_EQ(body_of(get("/admin/counters"))["totals"]["invalid_grant"], 3);
+}
+
+TEST_F(SimOAuth2Test, ScopeMayNarrowButNotWiden) {
+  const json g = seed_oauth2("u1", {{"rotate", false}});
+  const json narrow = body_of(refresh_post(g["refresh_token"], {{"scope", "read"}}));
+  EXPECT_EQ(narrow["scope"], "read");
+  EXPECT_EQ(introspect(narrow["access_token"])["scope"], "read");
+  const Response wide = refresh_post(g["refresh_token"], {{"scope", "read admin"}});
+  EXPECT_EQ(wide.status, 400);
+  EXPECT_EQ(body_of(wide)["error"], "invalid_scope");
+  EXPECT_EQ(body_of(refresh_post(g["refresh_token"]))["scope"], "read write");
+}
+
+TEST_F(SimOAuth2Test, WrongClientIs401InvalidClientWithWwwAuthenticateForBasic) {
+  const json g = seed_oauth2("u1");
+  const Params grant = {{"grant_type", "refresh_token"}, {"refresh_token", g["refresh_token"]}};
+  Response r = post("/oauth2/token", grant, basic(options.oauth2_client_id, "wrong"));
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(body_of(r)["error"], "invalid_client");
+  EXPECT_EQ(header(r, "WWW-Authenticate"), "Basic realm=\"sim\"");
+
+  r = post("/oauth2/token", grant, basic("other-client", options.oauth2_client_secret));
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(header(r, "WWW-Authenticate"), "Basic realm=\"sim\"");
+
+  Headers garbled = gateway();
+  garbled["authorization"] = "Basic !!!";
+  r = post("/oauth2/token", grant, garbled);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(header(r, "WWW-Authenticate"), "Basic realm=\"sim\"");
+
+  Params wrong_post = grant;
+  wrong_post["client_id"] = options.oauth2_client_id;
+  wrong_post["client_secret"] = "wrong";
+  r = post("/oauth2/token", wrong_post, gateway());
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(body_of(r)["error"], "invalid_client");
+  EXPECT_TRUE(header(r, "WWW-Authenticate").empty());
+
+  r = post("/oauth2/token", grant, gateway());  // no client authentication at all
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(body_of(r)["error"], "invalid_client");
+
+  EXPECT_EQ(refresh_basic(g["refresh_token"]).status, 200);  // nothing was rotated
+}
+
+TEST_F(SimOAuth2Test, BothClientAuthenticationMethodsAtOnceIsInvalidRequest) {
+  const json g = seed_oauth2("u1");
+  const Response r =
+      post("/oauth2/token",
+           with_client({{"grant_type", "refresh_token"}, {"refresh_token", g["refresh_token"]}}),
+           client_basic());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(body_of(r)["error"], "invalid_request");
+  // A client_id field naming the Basic client is identification, not a second method.
+  const Response ok = post("/oauth2/token",
+                           {{"grant_type", "refresh_token"},
+                            {"refresh_token", g["refresh_token"]},
+                            {"client_id", options.oauth2_client_id}},
+                           client_basic());
+  EXPECT_EQ(ok.status, 200) << ok.body;
+}
+
+TEST_F(SimOAuth2Test, MissingOrWrongGatewayKeyIs403) {
+  const json g = seed_oauth2("u1");
+  const Params fields =
+      with_client({{"grant_type", "refresh_token"}, {"refresh_token", g["refresh_token"]}});
+  const json denied = {{"error", "access_denied"},
+                       {"error_description", "missing or wrong x-api-key"}};
+  Response r = post("/oauth2/token", fields, {});
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(body_of(r), denied);
+  r = post("/oauth2/token", fields, {{"x-api-key", "not-the-key"}});
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(body_of(r), denied);
+  r = post("/oauth2/introspect", with_client({{"token", g["access_token"]}}), {});
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(body_of(r), denied);
+  r = post("/oauth2/revoke", with_client({{"token", g["access_token"]}}), {});
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(introspect(g["access_token"])["active"], true);  // the 403 revoked nothing
+  EXPECT_EQ(refresh_post(g["refresh_token"]).status, 200);   // nor rotated anything
+}
+
+TEST_F(SimOAuth2Test, GatewayHeaderNameAndKeyAreOptions) {
+  options.oauth2_api_key_header = "X-Gateway-Key";
+  options.oauth2_api_key = "k-123";
+  restart();
+  const Params fields = with_client({{"grant_type", "client_credentials"}});
+  EXPECT_EQ(post("/oauth2/token", fields, {{"x-gateway-key", "k-123"}}).status, 200);
+  const Response r = post("/oauth2/token", fields, {{"x-api-key", "k-123"}});
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(body_of(r)["error_description"], "missing or wrong X-Gateway-Key");
+  options.oauth2_api_key = "";  // none required
+  restart();
+  EXPECT_EQ(post("/oauth2/token", fields, {}).status, 200);
+}
+
+TEST_F(SimOAuth2Test, GrantTypeAndParameterErrors) {
+  Response r = post("/oauth2/token", with_client({}), gateway());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(body_of(r)["error"], "unsupported_grant_type");
+  r = post("/oauth2/token", with_client({{"grant_type", "password"}}), gateway());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(body_of(r)["error"], "unsupported_grant_type");
+  r = post("/oauth2/token", with_client({{"grant_type", "refresh_token"}}), gateway());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(body_of(r)["error"], "invalid_request");
+  r = post("/oauth2/introspect", with_client({}), gateway());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(body_of(r)["error"], "invalid_request");
+  r = post("/oauth2/revoke", with_client({}), gateway());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(body_of(r)["error"], "invalid_request");
+  EXPECT_EQ(get("/oauth2/token").status, 405);
+  EXPECT_EQ(post_json("/apikey/probe", json::object()).status, 405);
+}
+
+TEST_F(SimOAuth2Test, ClientCredentialsIssuesAnEightHourTokenAndANewOneEndsTheOld) {
+  const Response r1 = client_credentials();
+  ASSERT_EQ(r1.status, 200) << r1.body;
+  EXPECT_EQ(header(r1, "Cache-Control"), "no-store");
+  const json first = body_of(r1);
+  EXPECT_EQ(first["expires_in"], 28800);
+  EXPECT_EQ(first["token_type"], "Bearer");
+  EXPECT_EQ(first["scope"], "read write");
+  EXPECT_FALSE(first.contains("refresh_token"));
+  const json active = introspect(first["access_token"]);
+  EXPECT_EQ(active["active"], true);
+  EXPECT_EQ(active["sub"], options.oauth2_client_id);
+  EXPECT_EQ(active["client_id"], options.oauth2_client_id);
+  EXPECT_EQ(active["exp"], kSimStart + 28800);
+  EXPECT_EQ(active["iat"], kSimStart);
+
+  advance(60s);
+  const json second = body_of(
+      post("/oauth2/token", with_client({{"grant_type", "client_credentials"}}), gateway()));
+  EXPECT_NE(second["access_token"], first["access_token"]);
+  EXPECT_EQ(introspect(first["access_token"]), json({{"active", false}}));
+  const json now_active = introspect(second["access_token"]);
+  EXPECT_EQ(now_active["active"], true);
+  EXPECT_EQ(now_active["exp"], kSimStart + 60 + 28800);
+
+  const json view = account("oauth2", options.oauth2_client_id);
+  EXPECT_EQ(view["access_token"], second["access_token"]);
+  EXPECT_TRUE(view["refresh_token"].is_null());
+  const json c = counters("oauth2:" + options.oauth2_client_id);
+  EXPECT_EQ(c["refreshes"], 2);
+  EXPECT_EQ(c["checks"], 3);
+}
+
+TEST_F(SimOAuth2Test, ClientCredentialsTokenExpiresAfterEightHours) {
+  const json t = body_of(client_credentials());
+  advance(std::chrono::seconds(28799));
+  EXPECT_EQ(introspect(t["access_token"])["active"], true);
+  advance(1s);
+  EXPECT_EQ(introspect(t["access_token"]), json({{"active", false}}));
+}
+
+TEST_F(SimOAuth2Test, ClientCredentialsAfterAdminRevokeStillSucceed) {
+  const json seeded =
+      seed({{"api", "oauth2_client"}, {"scope", "reports"}, {"access_lifetime", 1200}});
+  EXPECT_EQ(seeded["expires_at"], kSimStart + 1200);
+  EXPECT_EQ(introspect(seeded["access_token"])["scope"], "reports");
+  admin("/admin/revoke", {{"provider", "oauth2"}, {"account_id", options.oauth2_client_id}});
+  EXPECT_EQ(introspect(seeded["access_token"]), json({{"active", false}}));
+  EXPECT_EQ(account("oauth2", options.oauth2_client_id)["revoked"], true);
+
+  const Response r = client_credentials();
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json fresh = body_of(r);
+  EXPECT_EQ(fresh["expires_in"], 1200);  // the revoked grant's lifetime and scope carry over
+  EXPECT_EQ(fresh["scope"], "reports");
+  EXPECT_EQ(introspect(fresh["access_token"])["active"], true);
+  EXPECT_EQ(account("oauth2", options.oauth2_client_id)["revoked"], false);
+  const Response wider = client_credentials({{"scope", "reports admin"}});
+  EXPECT_EQ(wider.status, 400);
+  EXPECT_EQ(body_of(wider)["error"], "invalid_scope");
+}
+
+TEST_F(SimOAuth2Test, IntrospectionDescribesUsableTokensAndTurnsInactive) {
+  const json g = seed_oauth2("u1", {{"access_lifetime", 600}});
+  const json access = introspect(g["access_token"]);
+  EXPECT_EQ(access, json({{"active", true},
+                          {"scope", "read write"},
+                          {"client_id", options.oauth2_client_id},
+                          {"token_type", "Bearer"},
+                          {"exp", kSimStart + 600},
+                          {"iat", kSimStart},
+                          {"sub", "u1"}}));
+  const json refresh = introspect(g["refresh_token"]);
+  EXPECT_EQ(refresh["active"], true);
+  EXPECT_EQ(refresh["sub"], "u1");
+  EXPECT_FALSE(refresh.contains("exp"));  // a refresh token without expiry
+
+  advance(601s);
+  EXPECT_EQ(introspect(g["access_token"]), json({{"active", false}}));
+  EXPECT_EQ(introspect(g["refresh_token"])["active"], true);
+
+  admin("/admin/revoke", {{"provider", "oauth2"}, {"account_id", "u1"}});
+  EXPECT_EQ(introspect(g["refresh_token"]), json({{"active", false}}));
+  EXPECT_EQ(introspect("oa2at_unknown"), json({{"active", false}}));
+  const json google = seed_google("a");  // another provider's token is unknown here
+  EXPECT_EQ(introspect(google["access_token"]), json({{"active", false}}));
+
+  EXPECT_EQ(counters("oauth2:u1")["checks"], 5);
+  EXPECT_EQ(counters("google:a")["checks"], 0);
+}
+
+TEST_F(SimOAuth2Test, IntrospectionOfARotatedRefreshTokenIsInactive) {
+  const json g = seed_oauth2("u1");
+  const json fresh = body_of(refresh_basic(g["refresh_token"]));
+  EXPECT_EQ(introspect(g["refresh_token"]), json({{"active", false}}));
+  EXPECT_EQ(introspect(fresh["refresh_token"])["active"], true);
+  EXPECT_EQ(introspect(g["access_token"])["active"], true);  // not expired, not revoked
+}
+
+TEST_F(SimOAuth2Test, RevokeEndpointKillsAnAccessTokenOrTheWholeGrant) {
+  const json g = seed_oauth2("u1");
+  Response r = revoke(g["access_token"], "access_token");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(r.body.empty());
+  EXPECT_TRUE(r.content_type.empty());
+  EXPECT_EQ(introspect(g["access_token"]), json({{"active", false}}));
+  const json fresh = body_of(refresh_post(g["refresh_token"]));  // the grant lives on
+  ASSERT_TRUE(fresh.contains("access_token"));
+
+  r = revoke(fresh["refresh_token"]);  // no hint
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(r.body.empty());
+  EXPECT_EQ(introspect(fresh["access_token"]), json({{"active", false}}));
+  EXPECT_EQ(body_of(refresh_post(fresh["refresh_token"]))["error"], "invalid_grant");
+  EXPECT_EQ(account("oauth2", "u1")["revoked"], true);
+
+  r = revoke("oa2rt_never_issued", "refresh_token");  // RFC 7009 2.2: 200 all the same
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(r.body.empty());
+  r = post("/oauth2/revoke", {{"token", "x"}}, basic(options.oauth2_client_id, "wrong"));
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(body_of(r)["error"], "invalid_client");
+  EXPECT_EQ(body_of(get("/admin/counters"))["by_endpoint"]["oauth2.revoke"], 4);
+}
+
+TEST_F(SimOAuth2Test, ApiKeyProbeAnswersTheAccountThen401AfterRevoke) {
+  const json k = seed({{"provider", "apikey"}, {"account_id", "k1"}});
+  const std::string key = k["access_token"];
+  EXPECT_TRUE(key.starts_with("sk_sim_"));
+  EXPECT_TRUE(k["expires_at"].is_null());
+  EXPECT_EQ(account("apikey", "k1")["access_token"], key);
+
+  Response r = probe(key);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(r.content_type.starts_with("application/json"));
+  EXPECT_EQ(body_of(r), json({{"account_id", "k1"}}));
+
+  admin("/admin/revoke", {{"provider", "apikey"}, {"account_id", "k1"}});
+  r = probe(key);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(body_of(r)["error"], "invalid_api_key");
+
+  r = get("/apikey/probe");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(body_of(r)["error"], "invalid_request");
+  EXPECT_EQ(probe("sk_sim_unknown").status, 401);
+  const json g = seed_oauth2("u1");  // an OAuth token is no API key
+  EXPECT_EQ(probe(g["access_token"]).status, 401);
+
+  EXPECT_EQ(counters("apikey:k1")["checks"], 2);
+  EXPECT_EQ(counters("oauth2:u1")["checks"], 0);
+}
+
+TEST_F(SimOAuth2Test, ApiKeysCanExpireAndBeSeededInBulk) {
+  const json k = seed({{"api", "apikey"}, {"account_id", "k1"}, {"expires_in", 100}});
+  EXPECT_EQ(k["expires_at"], kSimStart + 100);
+  EXPECT_EQ(probe(k["access_token"]).status, 200);
+  advance(100s);
+  EXPECT_EQ(probe(k["access_token"]).status, 401);
+
+  const json keys =
+      admin("/admin/seed_bulk",
+            {{"provider", "apikey"}, {"prefix", "key-"}, {"count", 3}, {"format", "json"}});
+  ASSERT_EQ(keys.size(), 3U);
+  EXPECT_EQ(body_of(probe(keys[2]["access_token"]))["account_id"], "key-2");
+  const json grants =
+      admin("/admin/seed_bulk",
+            {{"provider", "oauth2"}, {"prefix", "u-"}, {"count", 2}, {"format", "json"}});
+  ASSERT_EQ(grants.size(), 2U);
+  EXPECT_EQ(refresh_post(grants[1]["refresh_token"]).status, 200);
+  EXPECT_EQ(counters("oauth2:u-1")["refreshes"], 1);
+}
+
+TEST_F(SimOAuth2Test, Injected503OnTheTokenEndpointIsRfcShapedAndChangesNothing) {
+  const json g = seed_oauth2("u1");
+  fault({{"endpoint", "oauth2.token"}, {"kind", "status"}, {"status", 503}});
+  const Response r = refresh_post(g["refresh_token"]);
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(body_of(r)["error"], "temporarily_unavailable");
+  EXPECT_FALSE(body_of(r)["error_description"].get<std::string>().empty());
+  EXPECT_EQ(counters("oauth2:u1")["refreshes"], 1);         // counted as a refresh all the same
+  EXPECT_EQ(refresh_post(g["refresh_token"]).status, 200);  // not rotated by the fault
+
+  fault({{"endpoint", "oauth2.token"}, {"kind", "status"}, {"status", 500}});
+  EXPECT_EQ(body_of(client_credentials())["error"], "server_error");
+}
+
+TEST_F(SimOAuth2Test, FaultKindsOnTheGenericFamilies) {
+  const json g = seed_oauth2("u1");
+  const json k = seed({{"provider", "apikey"}, {"account_id", "k1"}});
+
+  fault({{"provider", "oauth2"}, {"kind", "rate_limit"}, {"retry_after", 20}});
+  Response r = refresh_post(g["refresh_token"]);
+  EXPECT_EQ(r.status, 429);
+  EXPECT_EQ(header(r, "Retry-After"), "20");
+  EXPECT_EQ(body_of(r)["error"], "rate_limit_exceeded");
+
+  fault({{"provider", "apikey"}, {"kind", "transient_code"}});
+  r = probe(k["access_token"]);
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(body_of(r)["error"], "temporarily_unavailable");
+
+  fault({{"endpoint", "oauth2.introspect"}, {"kind", "transient_code"}, {"status", 502}});
+  r = post("/oauth2/introspect", with_client({{"token", g["access_token"]}}), gateway());
+  EXPECT_EQ(r.status, 502);
+  EXPECT_EQ(body_of(r)["error"], "temporarily_unavailable");
+
+  fault({{"endpoint", "oauth2.token"}, {"kind", "error_body"}, {"error", "invalid_grant"}});
+  r = refresh_post(g["refresh_token"]);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(body_of(r)["error"], "invalid_grant");
+
+  fault({{"endpoint", "oauth2.token"},
+         {"kind", "status"},
+         {"status", 400},
+         {"error", "invalid_grant"},
+         {"account_id", "u1"}});
+  r = refresh_post(g["refresh_token"]);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(body_of(r)["error"], "invalid_grant");
+
+  fault({{"provider", "oauth2"}, {"kind", "html"}});
+  r = post("/oauth2/revoke", with_client({{"token", g["access_token"]}}), gateway());
+  EXPECT_EQ(r.status, 502);
+  EXPECT_TRUE(r.content_type.starts_with("text/html"));
+
+  fault({{"endpoint", "apikey.probe"}, {"kind", "delay"}, {"delay_ms", 250}});
+  r = probe(k["access_token"]);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.delay, 250ms);
+
+  EXPECT_EQ(refresh_post(g["refresh_token"]).status, 200);  // no fault left
+  EXPECT_EQ(body_of(get("/admin/faults"))["faults"].size(), 0U);
+}
+
+TEST_F(SimOAuth2Test, FaultErrorFieldIsValidated) {
+  admin("/admin/fault", {{"endpoint", "google.token"}, {"kind", "status"}, {"error", "x"}}, 400);
+  admin("/admin/fault", {{"kind", "status"}, {"error", "x"}}, 400);  // must target oauth2/apikey
+  admin("/admin/fault", {{"provider", "oauth2"}, {"kind", "status"}, {"error", "a\"b"}}, 400);
+  admin("/admin/fault", {{"provider", "oauth2"}, {"kind", "status"}, {"error", ""}}, 400);
+  admin("/admin/fault", {{"provider", "myspace"}, {"kind", "status"}}, 400);
+  EXPECT_EQ(body_of(get("/admin/faults"))["faults"].size(), 0U);
+  fault({{"provider", "apikey"}, {"kind", "status"}, {"error", "invalid_api_key"}});
+  EXPECT_EQ(body_of(get("/admin/faults"))["faults"][0]["provider"], "apikey");
+}
+
+TEST_F(SimOAuth2Test, TransientCodeFaultOnOAuth2DoesNotTouchGoogle) {
+  const json g = seed_google("a");
+  const json o = seed_oauth2("u1");
+  fault({{"kind", "transient_code"}});
+  EXPECT_EQ(google_refresh(g["refresh_token"]).status, 200);  // neither matched nor used up
+  EXPECT_EQ(refresh_post(o["refresh_token"]).status, 503);
+}
+
+TEST_F(SimOAuth2Test, OtherProvidersTokensAreUnknownToTheTokenEndpoint) {
+  const json g = seed_google("a");
+  const Response r = refresh_post(g["refresh_token"]);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(body_of(r)["error"], "invalid_grant");
+  EXPECT_EQ(counters("google:a")["refreshes"], 0);
+  EXPECT_EQ(counters("google:a")["invalid_grant"], 0);
+  EXPECT_EQ(google_refresh(g["refresh_token"]).status, 200);
+}
+
 }  // namespace
 }  // namespace tw::sim

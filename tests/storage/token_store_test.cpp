@@ -236,6 +236,19 @@ TEST_P(StoreTest, MigratesAVersionOneDatabaseKeepingItsTokens) {
   EXPECT_EQ((*r)->lease_generation, 0);
   EXPECT_EQ((*r)->next_check_due, from_unix(7));
   EXPECT_FALSE((*r)->renewal_in_doubt_since) << "no renewal of an old database is in doubt";
+  // Version 6 takes any provider name: a generic provider's token sits beside the old one.
+  const Provider acme = *Provider::named("acme-2");
+  ASSERT_TRUE(store->upsert(new_token("a1", acme, TokenKind::kClientCredentials), secrets("a", ""),
+                            kStoreNow, due_at(kStoreNow, kStoreNow)));
+  EXPECT_EQ(store->list({acme, {}, {}})->size(), 1u);
+  auto counts = store->count_by_state();
+  ASSERT_TRUE(counts);
+  EXPECT_EQ(counts->size(), 2u) << "google active and acme-2 active";
+  auto claimed = store->claim_due(kStoreNow, 10, "w", 1min, {acme});
+  ASSERT_TRUE(claimed);
+  ASSERT_EQ(claimed->size(), 1u) << "claimed by its name alone";
+  EXPECT_EQ((*claimed)[0].record.provider, acme);
+  EXPECT_EQ((*claimed)[0].record.account_id, "a1");
 }
 
 TEST_P(StoreTest, RefusesADatabaseFromANewerVersion) {

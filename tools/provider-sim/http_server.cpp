@@ -206,7 +206,9 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     message_.version(version_);
     message_.result(static_cast<unsigned>(response_.status));
     message_.set(http::field::server, "tokenwarden-provider-sim");
-    message_.set(http::field::content_type, response_.content_type);
+    if (!response_.content_type.empty()) {
+      message_.set(http::field::content_type, response_.content_type);
+    }
     for (const auto& [name, value] : response_.headers) {
       message_.insert(name, value);
     }

@@ -48,6 +48,7 @@ struct Response {
   int status = 200;
   std::vector<std::pair<std::string, std::string>> headers;  // Content-Length is added
   std::string body;
+  // Empty: the response has no Content-Type header (an empty body, as RFC 7009 revocation sends).
   std::string content_type = "application/json; charset=UTF-8";
   std::chrono::milliseconds delay{0};  // wait this long before delivering
   Delivery delivery = Delivery::kNormal;

@@ -80,6 +80,24 @@ void define_flags(CLI::App& app, Flags& f) {
   app.add_option("--meta-call-limit", s.meta_call_limit, "Meta calls per hour = 100% app usage")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_option("--oauth2-client-id", s.oauth2_client_id)->capture_default_str();
+  app.add_option("--oauth2-client-secret", s.oauth2_client_secret)->capture_default_str();
+  app.add_option("--oauth2-api-key-header", s.oauth2_api_key_header,
+                 "header the /oauth2/ endpoints want the gateway key in")
+      ->capture_default_str();
+  app.add_option("--oauth2-api-key", s.oauth2_api_key, "the gateway key; empty: none required")
+      ->capture_default_str();
+  app.add_option("--oauth2-access-lifetime", s.oauth2_access_lifetime,
+                 "seconds: access tokens of the refresh_token grant")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--oauth2-client-credentials-lifetime", s.oauth2_client_credentials_lifetime,
+                 "seconds: access tokens of the client_credentials grant")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--oauth2-rotate-refresh", s.oauth2_rotate_refresh,
+                 "whether the refresh_token grant rotates the refresh token (true or false)")
+      ->capture_default_str();
 }
 
 // Writes `text` to `path` via a temporary file and rename(), so readers never see half of it.
@@ -125,7 +143,9 @@ int fail(const std::string& message, int status) {
 
 int main(int argc, char** argv) {
   // 1. Flags.
-  CLI::App app{"tokenwarden-sim: a local imitation of the Meta, Google and TikTok token endpoints"};
+  CLI::App app{
+      "tokenwarden-sim: a local imitation of the Meta, Google and TikTok token endpoints, and of "
+      "a generic OAuth 2.0 server and API-key probe"};
   Flags flags;
   define_flags(app, flags);
   try {

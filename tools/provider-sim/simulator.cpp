@@ -1,6 +1,7 @@
 // Simulator: routing, the per-call pipeline (count, match a fault, answer), fault responses and the
 // helpers shared by the provider files. The providers live in simulator_meta.cpp,
-// simulator_google.cpp and simulator_tiktok.cpp; the admin API in simulator_admin.cpp.
+// simulator_google.cpp (with the generic "oauth2" and "apikey" families) and simulator_tiktok.cpp;
+// the admin API in simulator_admin.cpp.
 //
 // A provider call goes: route (path and method) -> parse its parameters and pick the token that
 // names its account (outside the lock) -> under the lock: count it, look the token up, take the
@@ -8,10 +9,13 @@
 // A fault answer changes no grant state; a `delay` fault delivers the normal answer late and a
 // `usage` fault only rewrites the Meta usage headers of the normal answer.
 //
-// Counters: "refreshes" are meta.exchange, instagram.refresh, google.token, tiktok.token and
-// tiktok_business.refresh; "checks" are meta.debug_token, google.tokeninfo, google.accounts,
-// tiktok.user_info, tiktok_business.token_info and tiktok_business.business_get. A call whose token
-// is unknown counts only in the totals. "requests" counts provider calls, not /admin/ calls.
+// Counters: "refreshes" are meta.exchange, instagram.refresh, google.token, tiktok.token,
+// tiktok_business.refresh and oauth2.token; "checks" are meta.debug_token, google.tokeninfo,
+// google.accounts, tiktok.user_info, tiktok_business.token_info, tiktok_business.business_get,
+// oauth2.introspect and apikey.probe. A call whose token is unknown counts only in the totals; a
+// client_credentials request counts on the account "oauth2:<client id>" of the client it names.
+// The oauth2 and apikey endpoints know only their own family's tokens: another provider's token is
+// unknown there. "requests" counts provider calls, not /admin/ calls.
 // A refresh is "concurrent" when it arrives (steady clock) before an earlier refresh of the same
 // account is due: arrival plus its delay fault, if any. A hung, reset or truncated refresh counts
 // as due at arrival, since the client sees its end (or gives up) on its own schedule.
@@ -22,7 +26,9 @@
 #include <chrono>
 #include <string_view>
 #include <utility>
+#include <vector>
 
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include "http/transport.h"
@@ -63,6 +69,10 @@ constexpr std::array<EndpointInfo, kEndpointCount> kEndpoints{{
     {"tiktok_business.refresh", "tiktok_business", "tiktok", Shape::kBusiness, Role::kRefresh},
     {"tiktok_business.token_info", "tiktok_business", "tiktok", Shape::kBusiness, Role::kCheck},
     {"tiktok_business.business_get", "tiktok_business", "tiktok", Shape::kBusiness, Role::kCheck},
+    {"oauth2.token", "oauth2", "oauth2", Shape::kOAuth2, Role::kRefresh},
+    {"oauth2.introspect", "oauth2", "oauth2", Shape::kOAuth2, Role::kCheck},
+    {"oauth2.revoke", "oauth2", "oauth2", Shape::kOAuth2, Role::kOther},
+    {"apikey.probe", "apikey", "apikey", Shape::kOAuth2, Role::kCheck},
 }};
 
 // Fixed provider paths (Meta's versioned Graph paths are matched by route_meta).
@@ -71,7 +81,7 @@ struct FixedRoute {
   std::string_view method;
   Endpoint endpoint;
 };
-constexpr std::array<FixedRoute, 11> kFixedRoutes{{
+constexpr std::array<FixedRoute, 15> kFixedRoutes{{
     {"/refresh_access_token", "GET", Endpoint::kInstagramRefresh},
     {"/token", "POST", Endpoint::kGoogleToken},
     {"/tokeninfo", "GET", Endpoint::kGoogleTokenInfo},
@@ -83,6 +93,10 @@ constexpr std::array<FixedRoute, 11> kFixedRoutes{{
     {"/open_api/v1.3/tt_user/oauth2/refresh_token/", "POST", Endpoint::kBusinessRefresh},
     {"/open_api/v1.3/tt_user/token_info/get/", "POST", Endpoint::kBusinessTokenInfo},
     {"/open_api/v1.3/business/get/", "GET", Endpoint::kBusinessGet},
+    {"/oauth2/token", "POST", Endpoint::kOAuth2Token},
+    {"/oauth2/introspect", "POST", Endpoint::kOAuth2Introspect},
+    {"/oauth2/revoke", "POST", Endpoint::kOAuth2Revoke},
+    {"/apikey/probe", "GET", Endpoint::kApiKeyProbe},
 }};
 
 bool is_digits(std::string_view s) {
@@ -157,7 +171,19 @@ Route route(const Request& request) {
 
 bool is_form_post(Endpoint e) {
   return e == Endpoint::kGoogleToken || e == Endpoint::kGoogleRevoke ||
-         e == Endpoint::kTikTokToken || e == Endpoint::kTikTokRevoke;
+         e == Endpoint::kTikTokToken || e == Endpoint::kTikTokRevoke ||
+         e == Endpoint::kOAuth2Token || e == Endpoint::kOAuth2Introspect ||
+         e == Endpoint::kOAuth2Revoke;
+}
+
+// The oauth2 and apikey endpoints: they know only their own family's tokens.
+bool is_generic(Endpoint e) {
+  return info(e).shape == Shape::kOAuth2;
+}
+
+std::string header_value(const Request& request, const char* name) {
+  const auto it = request.headers.find(name);
+  return it == request.headers.end() ? std::string() : it->second;
 }
 
 std::string json_string(const json& body, const char* key) {
@@ -191,12 +217,28 @@ std::string account_token(const Call& call) {
       return json_string(call.body, "refresh_token");
     case Endpoint::kBusinessTokenInfo:
       return json_string(call.body, "access_token");
-    case Endpoint::kBusinessGet: {
-      const auto it = call.request->headers.find("access-token");
-      return it == call.request->headers.end() ? std::string() : it->second;
-    }
+    case Endpoint::kBusinessGet:
+      return header_value(*call.request, "access-token");
+    case Endpoint::kOAuth2Token:
+      return call.param("grant_type") == "refresh_token" ? call.param("refresh_token")
+                                                         : std::string();
+    case Endpoint::kOAuth2Introspect:
+    case Endpoint::kOAuth2Revoke:
+      return call.param("token");
+    case Endpoint::kApiKeyProbe:
+      return header_value(*call.request, "x-api-key");
   }
   return {};
+}
+
+// The client a client_credentials request names (Basic or client_id), if it is the configured one.
+std::string client_credentials_client(const Call& call, const SimOptions& options) {
+  if (call.endpoint != Endpoint::kOAuth2Token || call.param("grant_type") != "client_credentials") {
+    return {};
+  }
+  const std::string id = has_basic_auth(*call.request) ? basic_credentials(*call.request).first
+                                                       : call.param("client_id");
+  return id == options.oauth2_client_id ? id : std::string();
 }
 
 // "127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000".
@@ -347,6 +389,15 @@ std::string Engine::issue(const std::shared_ptr<Grant>& grant, TokenKind kind,
       case TokenKind::kBusinessRefresh:
         text = "rft." + random.alnum(60) + "!" + random.alnum(4) + ".va";
         break;
+      case TokenKind::kOAuth2Access:
+        text = "oa2at_" + random.alnum(64);
+        break;
+      case TokenKind::kOAuth2Refresh:
+        text = "oa2rt_" + random.alnum(64);
+        break;
+      case TokenKind::kApiKey:
+        text = "sk_sim_" + random.alnum(40);
+        break;
     }
     Token token;
     token.grant = grant;
@@ -375,6 +426,15 @@ void Engine::forget_old_tokens() {
     });
   }
   over_limit.clear();
+}
+
+void Engine::install(const std::shared_ptr<Grant>& grant) {
+  auto& slot = grants[grant->key];
+  if (slot) {
+    slot->replaced = true;
+    forget_tokens(*slot);  // its tokens are now answered as unknown ones
+  }
+  slot = grant;
 }
 
 void Engine::forget_tokens(Grant& grant) {
@@ -448,9 +508,12 @@ namespace {
 
 bool fault_matches(const Fault& fault, const Call& call) {
   const EndpointInfo& e = info(call.endpoint);
-  if ((fault.kind == FaultKind::kUsage || fault.kind == FaultKind::kTransientCode) &&
-      e.shape != Shape::kMeta) {
-    return false;  // Meta-only kinds never match (nor use up) other providers' calls
+  if (fault.kind == FaultKind::kUsage && e.shape != Shape::kMeta) {
+    return false;  // a Meta-only kind never matches (nor uses up) other providers' calls
+  }
+  if (fault.kind == FaultKind::kTransientCode && e.shape != Shape::kMeta &&
+      e.shape != Shape::kOAuth2) {
+    return false;  // nor does transient_code, which Meta and the oauth2 families know
   }
   if (fault.endpoint && *fault.endpoint != call.endpoint) return false;
   if (fault.provider && *fault.provider != e.family && *fault.provider != e.provider) return false;
@@ -471,8 +534,17 @@ std::optional<Fault> take_fault(std::vector<Fault>& faults, const Call& call) {
   return std::nullopt;
 }
 
-// A provider-shaped error body for a server error with `status`.
-Response server_error(Engine& engine, const Call& call, int status) {
+// {"error","error_description"} (RFC 6749 5.2) with the fault's "error" code, else `fallback`.
+Response oauth2_fault_body(int status, const Fault& fault, const char* fallback,
+                           const char* description) {
+  return json_response(status,
+                       {{"error", fault.error.empty() ? std::string(fallback) : fault.error},
+                        {"error_description", description}});
+}
+
+// A provider-shaped error body for a server error with the fault's status.
+Response server_error(Engine& engine, const Call& call, const Fault& fault) {
+  const int status = fault.status;
   switch (info(call.endpoint).shape) {
     case Shape::kMeta:
       return json_response(status, meta_error_body(2, std::nullopt,
@@ -502,6 +574,10 @@ Response server_error(Engine& engine, const Call& call, int status) {
                                     {"message", "Internal service error, please retry later."},
                                     {"request_id", engine.log_id(call.now)},
                                     {"data", json::object()}});
+    case Shape::kOAuth2:
+      return oauth2_fault_body(status, fault,
+                               status == 503 ? "temporarily_unavailable" : "server_error",
+                               "The server encountered an unexpected condition.");
   }
   return json_response(status, json::object());
 }
@@ -542,13 +618,16 @@ Response rate_limited(Engine& engine, const Call& call, const Fault& fault) {
                                 {"message", "API rate limit exceeded."},
                                 {"log_id", engine.log_id(call.now)}}}});
       break;
+    case Shape::kOAuth2:  // RFC 6749 names no code for it
+      r = oauth2_fault_body(429, fault, "rate_limit_exceeded", "Too many requests.");
+      break;
   }
   if (fault.retry_after) r.headers.emplace_back("Retry-After", std::to_string(*fault.retry_after));
   return r;
 }
 
 // HTTP 200 carrying a provider-shaped error (meanings unverified).
-Response error_body(Engine& engine, const Call& call) {
+Response error_body(Engine& engine, const Call& call, const Fault& fault) {
   switch (info(call.endpoint).shape) {
     case Shape::kMeta:
       return json_response(200, meta_error_body(1, std::nullopt, "An unknown error occurred",
@@ -568,6 +647,9 @@ Response error_body(Engine& engine, const Call& call) {
                                  {"message", "Internal error, please retry later."},
                                  {"request_id", engine.log_id(call.now)},
                                  {"data", json::object()}});
+    case Shape::kOAuth2:
+      return oauth2_fault_body(200, fault, "server_error",
+                               "The server encountered an unexpected condition.");
   }
   return json_response(200, json::object());
 }
@@ -591,7 +673,7 @@ Response fault_response(Engine& engine, const Call& call, const Fault& fault) {
   Response r;
   switch (fault.kind) {
     case FaultKind::kStatus:
-      return server_error(engine, call, fault.status);
+      return server_error(engine, call, fault);
     case FaultKind::kRateLimit:
       return rate_limited(engine, call, fault);
     case FaultKind::kReset:
@@ -611,8 +693,13 @@ Response fault_response(Engine& engine, const Call& call, const Fault& fault) {
     case FaultKind::kEmpty:
       return text_response(200, "", "application/json; charset=UTF-8");
     case FaultKind::kErrorBody:
-      return error_body(engine, call);
+      return error_body(engine, call, fault);
     case FaultKind::kTransientCode: {
+      if (info(call.endpoint).shape == Shape::kOAuth2) {
+        return oauth2_fault_body(fault.status_set ? fault.status : 503, fault,
+                                 "temporarily_unavailable",
+                                 "The server is temporarily unable to handle the request.");
+      }
       const int code = fault.code != 0 ? fault.code : 2;
       r = engine.meta_fail(code, std::nullopt,
                            code == 1 ? "An unknown error occurred"
@@ -660,6 +747,14 @@ Response dispatch(Engine& engine, Call& call) {
       return engine.business_token_info(call);
     case Endpoint::kBusinessGet:
       return engine.business_get(call);
+    case Endpoint::kOAuth2Token:
+      return engine.oauth2_token(call);
+    case Endpoint::kOAuth2Introspect:
+      return engine.oauth2_introspect(call);
+    case Endpoint::kOAuth2Revoke:
+      return engine.oauth2_revoke(call);
+    case Endpoint::kApiKeyProbe:
+      return engine.apikey_probe(call);
   }
   return not_found(call.request->path);
 }
@@ -720,9 +815,17 @@ Response Engine::handle(const Request& request) {
   ++requests;
   ++by_endpoint[static_cast<std::size_t>(call.endpoint)];
   call.found = find(call.token);
+  if (call.found != nullptr && is_generic(call.endpoint) &&
+      call.found->grant->provider != info(call.endpoint).provider) {
+    call.found = nullptr;
+  }
   if (call.found != nullptr) {
     call.grant = call.found->grant.get();
     call.account = &accounts[call.grant->key];
+  } else if (const std::string client = client_credentials_client(call, options); !client.empty()) {
+    const std::string key = "oauth2:" + client;
+    call.account = &accounts[key];  // the client's grant may not exist yet
+    if (const auto it = grants.find(key); it != grants.end()) call.grant = it->second.get();
   }
   const bool meta = info(call.endpoint).shape == Shape::kMeta;
   if (meta) {
@@ -775,6 +878,33 @@ Response text_response(int status, std::string body, std::string content_type) {
   r.body = std::move(body);
   r.content_type = std::move(content_type);
   return r;
+}
+
+std::string ascii_lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; });
+  return s;
+}
+
+bool has_basic_auth(const Request& request) {
+  const auto it = request.headers.find("authorization");
+  return it != request.headers.end() && ascii_lower(it->second.substr(0, 6)) == "basic ";
+}
+
+std::pair<std::string, std::string> basic_credentials(const Request& request) {
+  if (!has_basic_auth(request)) return {};
+  const std::string encoded = request.headers.at("authorization").substr(6);
+  std::vector<unsigned char> decoded(encoded.size() / 4 * 3 + 3);
+  const int n =
+      EVP_DecodeBlock(decoded.data(), reinterpret_cast<const unsigned char*>(encoded.data()),
+                      static_cast<int>(encoded.size()));
+  if (n < 0) return {};
+  std::string text(reinterpret_cast<const char*>(decoded.data()), static_cast<std::size_t>(n));
+  while (!text.empty() && text.back() == '\0')
+    text.pop_back();  // EVP_DecodeBlock counts the padding bytes
+  const auto colon = text.find(':');
+  if (colon == std::string::npos) return {};
+  return {url_decode(text.substr(0, colon)), url_decode(text.substr(colon + 1))};
 }
 
 std::string bearer_token(const Request& request) {

@@ -1,6 +1,10 @@
 // Simulator: the request -> response logic of tokenwarden-sim, a local imitation of the Meta
 // (Graph and Instagram), Google (OAuth and Business Profile) and TikTok (Open API v2 and API for
 // Business) endpoints that tokenwarden talks to. Provider facts: /work/shared/providers.md.
+// Besides them, two generic families for tokenwarden's generic provider: "oauth2", a standard
+// OAuth 2.0 authorization server (RFC 6749 token endpoint with the refresh_token and
+// client_credentials grants, RFC 7662 introspection, RFC 7009 revocation) under /oauth2/, and
+// "apikey", an API-key "whoami" probe at GET /apikey/probe. See simulator_google.cpp.
 //
 // Thread-safety: handle() may be called from any number of threads at once; one mutex guards all
 // state. The Clock must be safe to read from those threads (SystemClock is; a FakeClock is only
@@ -45,11 +49,28 @@ struct SimOptions {
   std::string tiktok_client_secret = "sim-tiktok-secret";
   std::string tiktok_business_app_id = "sim-tiktok-key";
   std::string tiktok_business_app_secret = "sim-tiktok-secret";
+  // The one client of the generic OAuth 2.0 server (family "oauth2"), authenticated by HTTP Basic
+  // (client_secret_basic) or by client_id and client_secret form fields (client_secret_post).
+  std::string oauth2_client_id = "sim-oauth2-client";
+  std::string oauth2_client_secret = "sim-oauth2-secret";
+  // An API-gateway key that /oauth2/token, /oauth2/introspect and /oauth2/revoke also require:
+  // header `oauth2_api_key_header` (any case) must carry `oauth2_api_key`, or the answer is 403
+  // access_denied. An empty oauth2_api_key requires no header.
+  std::string oauth2_api_key_header = "x-api-key";
+  std::string oauth2_api_key = "sim-oauth2-gateway-key";
+  // Lifetime of the access tokens of the refresh_token grant (and of seeded "oauth2" grants,
+  // unless seeded with "access_lifetime"), and of client_credentials access tokens (8 hours).
+  std::int64_t oauth2_access_lifetime = 3600;
+  std::int64_t oauth2_client_credentials_lifetime = 28800;
+  // Whether the refresh_token grant returns a new refresh token, the presented one then dying
+  // (after reuse_grace_seconds, if any). Seeds may override it with "rotate".
+  bool oauth2_rotate_refresh = true;
 
   // HTTP status of TikTok v2 OAuth errors (invalid_grant, invalid_client, ...). Unverified.
   int tiktok_oauth_error_status = 400;
   // A rotated refresh token presented again within this many seconds of its rotation gets the
-  // same new pair instead of invalid_grant. 0 = no grace, as the providers document none.
+  // same new pair instead of invalid_grant (Google, TikTok and oauth2 alike). 0 = no grace, as the
+  // providers document none.
   std::int64_t reuse_grace_seconds = 0;
   // Meta calls per hour (for the one simulated app) that put X-App-Usage at 100%.
   std::int64_t meta_call_limit = 100000;

@@ -9,12 +9,29 @@
 //                           {"provider":"tiktok","api":"v2"|"business","account_id","profile"?,
 //                            "rotate"?,"expires_in"?,"refresh_expires_in"?,"scope_not_authorized"?,
 //                            "scope"?}
+//                           {"provider":"oauth2","api":"oauth2"?,"account_id","scope"?,
+//                            "access_lifetime"?,"refresh_expires_in"?,"rotate"?}
+//                           {"provider":"oauth2","api":"oauth2_client","account_id"?,"scope"?,
+//                            "access_lifetime"?}: the client's client_credentials grant (account_id
+//                            must be, and defaults to, SimOptions::oauth2_client_id), with a live
+//                            access token as if the client had asked once
+//                           {"provider":"apikey","account_id","expires_in"?}: one API key
+//                           ("provider" may be left out when "api" is "oauth2", "oauth2_client" or
+//                            "apikey")
 //                           ->
 //                           {"access_token","refresh_token","expires_at","refresh_expires_at",...}
+//                           (oauth2: also "scope"; an API key comes as "access_token"; absent
+//                            expiries are null)
 //   POST /admin/seed_bulk   the same fields but account_id, plus "prefix","count","start"?,
-//                           "format"?: "ndjson" (default, one object per line) or "json" (array)
+//                           "format"?: "ndjson" (default, one object per line) or "json" (array);
+//                           not for "oauth2_client" (there is one client)
 //   POST /admin/revoke      {"provider","account_id","subcode"?} -> {}
 //   POST /admin/fault       {"provider"?,"endpoint"?,"account_id"?,"kind","count"?,...} -> {"id"}
+//                           "provider" is a provider or family: meta, instagram, google, tiktok,
+//                           tiktok_business, oauth2, apikey. On the oauth2 and apikey endpoints
+//                           "error"? names the RFC 6749 error code of the body (status,
+//                           rate_limit, error_body, transient_code); transient_code there is 503
+//                           {"error":"temporarily_unavailable"} unless "status" says otherwise
 //   GET  /admin/faults      -> {"faults":[...]}          POST /admin/faults/clear -> {}
 //   GET  /admin/counters[?account=<provider>:<id>]
 //   GET  /admin/account?provider=&account_id=
@@ -22,6 +39,7 @@
 //                           the simulator runs with --record-issued
 //   GET  /admin/clock, POST /admin/clock {"advance":seconds} -> {"now"}
 //   POST /admin/reset       clears grants, tokens, faults, counters and the clock offset
+#include <algorithm>
 #include <set>
 #include <string>
 #include <utility>
@@ -103,11 +121,11 @@ struct SeedSpec {
   bool testing = false;
   bool no_permission = false;
   bool unauthorized_client = false;
-  std::int64_t access_lifetime = 0;  // TikTok profile
+  std::int64_t access_lifetime = 0;  // TikTok profile; oauth2
   std::int64_t refresh_lifetime = 0;
   std::optional<std::int64_t> refresh_expires_in;
   bool scope_not_authorized = false;
-  std::optional<std::string> scope;
+  std::optional<std::string> scope;  // TikTok, oauth2
 };
 
 struct Profile {
@@ -171,18 +189,54 @@ void parse_tiktok(Fields& f, SeedSpec& spec) {
   spec.scope = f.string("scope");
 }
 
+// The generic OAuth 2.0 server: a user's grant, or ("api":"oauth2_client") the client's own.
+void parse_oauth2(Fields& f, SeedSpec& spec, const SimOptions& o) {
+  const std::string api = f.string("api").value_or("oauth2");
+  if (api != "oauth2" && api != "oauth2_client") {
+    f.error("\"api\" must be \"oauth2\" or \"oauth2_client\"");
+  }
+  const bool client = api == "oauth2_client";
+  spec.api = client ? Api::kOAuth2Client : Api::kOAuth2;
+  spec.scope = f.string("scope");
+  if (spec.scope && spec.scope->find_first_not_of(' ') == std::string::npos) {
+    f.error("\"scope\" must not be blank");
+  }
+  spec.access_lifetime =
+      f.integer("access_lifetime")
+          .value_or(client ? o.oauth2_client_credentials_lifetime : o.oauth2_access_lifetime);
+  if (spec.access_lifetime <= 0) f.error("\"access_lifetime\" must be positive");
+  if (client) return;  // no refresh token: "rotate" and "refresh_expires_in" are unknown fields
+  spec.rotate = f.boolean("rotate").value_or(o.oauth2_rotate_refresh);
+  spec.refresh_expires_in = f.integer("refresh_expires_in");
+}
+
+void parse_apikey(Fields& f, SeedSpec& spec) {
+  if (f.string("api").value_or("apikey") != "apikey") f.error("\"api\" must be \"apikey\"");
+  spec.api = Api::kApiKey;
+  spec.expires_in = f.integer("expires_in");
+}
+
 // Reads the fields common to seed and seed_bulk (all but account_id / prefix and count).
-SeedSpec parse_seed(Fields& f) {
+SeedSpec parse_seed(Fields& f, const SimOptions& options) {
   SeedSpec spec;
   spec.provider = f.string("provider").value_or("");
+  if (spec.provider.empty()) {  // the generic families may be named by "api" alone
+    const std::string api = f.string("api").value_or("");
+    if (api == "oauth2" || api == "oauth2_client") spec.provider = "oauth2";
+    if (api == "apikey") spec.provider = "apikey";
+  }
   if (spec.provider == "meta") {
     parse_meta(f, spec);
   } else if (spec.provider == "google") {
     parse_google(f, spec);
   } else if (spec.provider == "tiktok") {
     parse_tiktok(f, spec);
+  } else if (spec.provider == "oauth2") {
+    parse_oauth2(f, spec, options);
+  } else if (spec.provider == "apikey") {
+    parse_apikey(f, spec);
   } else {
-    f.error("\"provider\" must be \"meta\", \"google\" or \"tiktok\"");
+    f.error("\"provider\" must be \"meta\", \"google\", \"tiktok\", \"oauth2\" or \"apikey\"");
   }
   if (spec.expires_in && *spec.expires_in <= 0) f.error("\"expires_in\" must be positive");
   if (spec.refresh_expires_in && *spec.refresh_expires_in <= 0) {
@@ -245,12 +299,7 @@ json seed_one(Engine& engine, const SeedSpec& spec, const std::string& account_i
   grant->account_id = account_id;
   grant->key = spec.provider + ":" + account_id;
   grant->created_at = now;
-  auto& slot = engine.grants[grant->key];
-  if (slot) {
-    slot->replaced = true;
-    engine.forget_tokens(*slot);  // its tokens are now answered as unknown ones
-  }
-  slot = grant;
+  engine.install(grant);
 
   json out;
   const auto& o = engine.options;
@@ -325,6 +374,33 @@ json seed_one(Engine& engine, const SeedSpec& spec, const std::string& account_i
              {"open_id", grant->open_id}};
       break;
     }
+    case Api::kOAuth2:
+    case Api::kOAuth2Client: {
+      grant->rotate = spec.rotate;
+      grant->access_lifetime = spec.access_lifetime;
+      grant->scope = spec.scope.value_or(kOAuth2DefaultScope);
+      const std::int64_t expires_at = now + spec.access_lifetime;
+      grant->access_token = engine.issue(grant, TokenKind::kOAuth2Access, now, expires_at);
+      out = {{"access_token", grant->access_token},
+             {"expires_at", expires_at},
+             {"scope", grant->scope}};
+      if (spec.api == Api::kOAuth2Client) break;
+      const std::int64_t refresh_expires_at =
+          spec.refresh_expires_in ? now + *spec.refresh_expires_in : 0;
+      grant->refresh_token =
+          engine.issue(grant, TokenKind::kOAuth2Refresh, now, refresh_expires_at);
+      out["refresh_token"] = grant->refresh_token;
+      out["refresh_expires_at"] =
+          refresh_expires_at != 0 ? json(refresh_expires_at) : json(nullptr);
+      break;
+    }
+    case Api::kApiKey: {
+      const std::int64_t expires_at = spec.expires_in ? now + *spec.expires_in : 0;
+      grant->access_token = engine.issue(grant, TokenKind::kApiKey, now, expires_at);
+      out = {{"access_token", grant->access_token},
+             {"expires_at", expires_at != 0 ? json(expires_at) : json(nullptr)}};
+      break;
+    }
   }
   return out;
 }
@@ -333,9 +409,15 @@ json seed_one(Engine& engine, const SeedSpec& spec, const std::string& account_i
 
 Response Engine::admin_seed(const json& body) {
   Fields f(body);
-  const SeedSpec spec = parse_seed(f);
-  const std::string account_id = f.string("account_id").value_or("");
+  const SeedSpec spec = parse_seed(f, options);
+  const bool client = spec.api == Api::kOAuth2Client;
+  const std::string account_id =
+      f.string("account_id").value_or(client ? options.oauth2_client_id : "");
   if (account_id.empty()) f.error("\"account_id\" is required");
+  if (client && account_id != options.oauth2_client_id) {
+    f.error("an \"oauth2_client\" grant's \"account_id\" is the client id, \"" +
+            options.oauth2_client_id + "\"");
+  }
   if (const std::string& e = f.finish(); !e.empty()) return bad_request(e);
   return json_response(200, seed_one(*this, spec, account_id, now()));
 }
@@ -343,7 +425,8 @@ Response Engine::admin_seed(const json& body) {
 Response Engine::admin_seed_bulk(const json& body) {
   constexpr std::int64_t kMaxCount = 1000000;
   Fields f(body);
-  const SeedSpec spec = parse_seed(f);
+  const SeedSpec spec = parse_seed(f, options);
+  if (spec.api == Api::kOAuth2Client) f.error("seed_bulk cannot seed \"oauth2_client\" grants");
   const std::string prefix = f.string("prefix").value_or("");
   const auto count = f.integer("count");
   const std::int64_t start = f.integer("start").value_or(0);
@@ -405,15 +488,31 @@ Response Engine::admin_fault(const json& body) {
   fault.delay_ms = f.integer("delay_ms").value_or(1000);
   fault.value = f.integer("value").value_or(100);
   fault.regain_minutes = f.integer("regain_minutes").value_or(0);
+  fault.status_set = status.has_value();
+  const auto error_code = f.string("error");
+  fault.error = error_code.value_or("");
 
-  static const std::set<std::string> kProviders = {"meta", "instagram", "google", "tiktok",
-                                                   "tiktok_business"};
+  static const std::set<std::string> kProviders = {
+      "meta", "instagram", "google", "tiktok", "tiktok_business", "oauth2", "apikey"};
   if (fault.provider && kProviders.count(*fault.provider) == 0) {
-    f.error("\"provider\" must be meta, instagram, google, tiktok or tiktok_business");
+    f.error(
+        "\"provider\" must be meta, instagram, google, tiktok, tiktok_business, oauth2 or apikey");
   }
   if (endpoint) {
     fault.endpoint = endpoint_named(*endpoint);
     if (!fault.endpoint) f.error("unknown endpoint \"" + *endpoint + "\"");
+  }
+  if (error_code) {
+    const bool generic_target = (fault.endpoint && info(*fault.endpoint).shape == Shape::kOAuth2) ||
+                                (!fault.endpoint && fault.provider &&
+                                 (*fault.provider == "oauth2" || *fault.provider == "apikey"));
+    // RFC 6749 A.7: error = 1*( %x20-21 / %x23-5B / %x5D-7E )
+    const bool valid_code =
+        !fault.error.empty() && std::all_of(fault.error.begin(), fault.error.end(), [](char c) {
+          return c >= 0x20 && c <= 0x7E && c != '"' && c != '\\';
+        });
+    if (!generic_target) f.error("\"error\" is for faults on the oauth2 and apikey endpoints");
+    if (!valid_code) f.error("\"error\" must be an RFC 6749 error code, e.g. \"invalid_grant\"");
   }
   if (!kind) {
     f.error(
@@ -502,6 +601,7 @@ Response Engine::admin_account(const Request& request) {
     out["data_access_expires_at"] = meta_data_access_expires_at(grant);
   }
   if (!grant.open_id.empty()) out["open_id"] = grant.open_id;
+  if (grant.provider == "oauth2") out["scope"] = grant.scope;
   return json_response(200, out);
 }
 

@@ -7,24 +7,23 @@
 // user gets a 101st live refresh token (the oldest dies). Access tokens live
 // SimOptions::google_access_lifetime; older ones stay valid until they expire.
 #include <algorithm>
+#include <set>
+#include <sstream>
 #include <string>
-#include <vector>
-
-#include <openssl/evp.h>
 
 #include "tools/provider-sim/simulator_state.h"
 
 namespace tw::sim::detail {
+
+Response oauth_error(int status, const std::string& error, const std::string& description) {
+  return json_response(status, {{"error", error}, {"error_description", description}});
+}
 
 namespace {
 
 constexpr std::int64_t kGoogleIdleLimit = 180 * kDay;
 constexpr std::int64_t kGoogleTestingLifetime = 7 * kDay;
 constexpr const char* kBusinessScope = "https://www.googleapis.com/auth/business.manage";
-
-Response oauth_error(int status, const std::string& error, const std::string& description) {
-  return json_response(status, {{"error", error}, {"error_description", description}});
-}
 
 Response invalid_grant() {
   return oauth_error(400, "invalid_grant", "Token has been expired or revoked.");
@@ -41,29 +40,6 @@ Response unauthenticated() {
               {"status", "UNAUTHENTICATED"}}}});
   r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"https://accounts.google.com/\"");
   return r;
-}
-
-// HTTP Basic client credentials ("id:secret", base64). Unverified that Google accepts them for
-// the token endpoint; the documented way is the form body.
-std::pair<std::string, std::string> basic_credentials(const Request& request) {
-  const auto it = request.headers.find("authorization");
-  if (it == request.headers.end() || it->second.size() < 7) return {};
-  std::string scheme = it->second.substr(0, 6);
-  std::transform(scheme.begin(), scheme.end(), scheme.begin(),
-                 [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; });
-  if (scheme != "basic ") return {};
-  const std::string encoded = it->second.substr(6);
-  std::vector<unsigned char> decoded(encoded.size() / 4 * 3 + 3);
-  const int n =
-      EVP_DecodeBlock(decoded.data(), reinterpret_cast<const unsigned char*>(encoded.data()),
-                      static_cast<int>(encoded.size()));
-  if (n < 0) return {};
-  std::string text(reinterpret_cast<const char*>(decoded.data()), static_cast<std::size_t>(n));
-  while (!text.empty() && text.back() == '\0')
-    text.pop_back();  // EVP_DecodeBlock counts the padding bytes
-  const auto colon = text.find(':');
-  if (colon == std::string::npos) return {};
-  return {url_decode(text.substr(0, colon)), url_decode(text.substr(colon + 1))};
 }
 
 }  // namespace
@@ -86,6 +62,8 @@ void Engine::register_google_refresh(const std::shared_ptr<Grant>& grant,
 Response Engine::google_token(Call& call) {
   std::string client_id = call.param("client_id");
   std::string client_secret = call.param("client_secret");
+  // HTTP Basic: unverified that Google accepts it for the token endpoint; the documented way is
+  // the form body.
   if (client_id.empty()) std::tie(client_id, client_secret) = basic_credentials(*call.request);
   if (client_id != options.google_client_id || client_secret != options.google_client_secret) {
     return oauth_error(401, "invalid_client", "The OAuth client was not found.");

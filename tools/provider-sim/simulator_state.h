@@ -4,9 +4,10 @@
 // Thread-safety: everything here is used under Engine::mutex, except the pure helpers at the end
 // (parse_form, response builders), which touch no state.
 //
-// Model: a Grant is one seeded account ("<provider>:<account_id>"); every token string maps to a
-// Token that points at its Grant. A token works while its grant is neither revoked nor replaced,
-// it was not rotated away or killed, and it has not expired on the sim clock.
+// Model: a Grant is one seeded account ("<provider>:<account_id>"; the providers are "meta",
+// "google", "tiktok", "oauth2" and "apikey"); every token string maps to a Token that points at its
+// Grant. A token works while its grant is neither revoked nor replaced, it was not rotated away or
+// killed, and it has not expired on the sim clock.
 #pragma once
 
 #include <array>
@@ -20,6 +21,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -51,8 +53,12 @@ enum class Endpoint : std::uint8_t {
   kBusinessRefresh,
   kBusinessTokenInfo,
   kBusinessGet,
+  kOAuth2Token,
+  kOAuth2Introspect,
+  kOAuth2Revoke,
+  kApiKeyProbe,
 };
-constexpr std::size_t kEndpointCount = 15;
+constexpr std::size_t kEndpointCount = 19;
 
 // The error-body family of an endpoint: what a provider-shaped error looks like there.
 enum class Shape : std::uint8_t {
@@ -61,23 +67,39 @@ enum class Shape : std::uint8_t {
   kGoogleApi,
   kTikTokOAuth,
   kTikTokApi,
-  kBusiness
+  kBusiness,
+  kOAuth2,  // flat RFC 6749 5.2 bodies {"error","error_description"}; the API-key probe too
 };
 // What a call counts as in /admin/counters.
 enum class Role : std::uint8_t { kRefresh, kCheck, kOther };
 
 struct EndpointInfo {
   const char* name;      // "google.token"
-  const char* family;    // "google", "instagram", "tiktok_business", ...
-  const char* provider;  // the account namespace: "meta", "google" or "tiktok"
+  const char* family;    // "google", "instagram", "tiktok_business", "oauth2", "apikey", ...
+  const char* provider;  // the account namespace: "meta", "google", "tiktok", "oauth2", "apikey"
   Shape shape;
   Role role;
 };
 const EndpointInfo& info(Endpoint e);
 std::optional<Endpoint> endpoint_named(std::string_view name);
 
-// The kind of grant a seed creates.
-enum class Api : std::uint8_t { kMetaUser, kMetaPage, kInstagram, kGoogle, kTikTokV2, kBusiness };
+// The kind of grant a seed creates. kOAuth2: a user's grant of the generic OAuth 2.0 server (an
+// access and a refresh token); kOAuth2Client: its client's own client_credentials grant (account
+// id = the client id; access tokens only); kApiKey: one API key.
+enum class Api : std::uint8_t {
+  kMetaUser,
+  kMetaPage,
+  kInstagram,
+  kGoogle,
+  kTikTokV2,
+  kBusiness,
+  kOAuth2,
+  kOAuth2Client,
+  kApiKey,
+};
+
+// The scope of "oauth2" grants (and of the client's grant) not seeded with one.
+constexpr const char* kOAuth2DefaultScope = "read write";
 
 enum class TokenKind : std::uint8_t {
   kMetaUser,
@@ -89,11 +111,14 @@ enum class TokenKind : std::uint8_t {
   kTikTokRefresh,
   kBusinessAccess,
   kBusinessRefresh,
+  kOAuth2Access,
+  kOAuth2Refresh,
+  kApiKey,
 };
 
 struct Grant {
   Api api = Api::kGoogle;
-  std::string provider;    // "meta", "google", "tiktok"
+  std::string provider;    // "meta", "google", "tiktok", "oauth2", "apikey"
   std::string account_id;  // as seeded
   std::string key;         // "<provider>:<account_id>", the counters key
   std::int64_t created_at = 0;
@@ -111,12 +136,13 @@ struct Grant {
 
   // Google.
   std::string google_user;  // the Google account: at most N live refresh tokens per user
-  bool rotate = false;      // Google: return a new refresh token; Business: rotate (default true)
-  bool testing = false;     // Testing-mode app: refresh tokens die 7 days after consent
+  // Google: return a new refresh token; Business (default true) and oauth2: rotate.
+  bool rotate = false;
+  bool testing = false;  // Testing-mode app: refresh tokens die 7 days after consent
   bool no_permission = false;
   bool unauthorized_client = false;
 
-  // TikTok (v2 and Business).
+  // TikTok (v2 and Business); access_lifetime and scope also oauth2.
   std::int64_t access_lifetime = 0;
   std::int64_t refresh_lifetime = 0;
   bool scope_not_authorized = false;
@@ -151,6 +177,7 @@ struct Token {
   std::string successor_access;
   std::int64_t last_used = 0;  // Google refresh tokens: idle for 180 days = dead
   std::string page_id;         // Meta page tokens
+  std::string scope;           // oauth2 access tokens: a narrower scope than the grant's, if any
   // TikTok v2 access tokens: /user/info/ call times in the last 60 s. Allocated on first use: an
   // empty std::deque costs about 600 bytes in libstdc++.
   std::unique_ptr<std::deque<std::int64_t>> recent_calls;
@@ -243,6 +270,8 @@ struct Fault {
   std::int64_t delay_ms = 0;        // kDelay
   std::int64_t value = 100;         // kUsage: percent
   std::int64_t regain_minutes = 0;  // kUsage, kRateLimit (Meta)
+  bool status_set = false;          // "status" was given (transient_code: oauth2 defaults to 503)
+  std::string error;  // Shape::kOAuth2: the body's "error" code (empty: the kind's default)
 };
 
 // Unguessable random strings from OpenSSL's CSPRNG, drawn in blocks.
@@ -325,6 +354,8 @@ struct Engine {
   void forget_old_tokens();
   // Forgets every token of `grant` (a replaced grant).
   void forget_tokens(Grant& grant);
+  // Makes `grant` its account's grant; a grant already there is replaced and its tokens forgotten.
+  void install(const std::shared_ptr<Grant>& grant);
   std::string log_id(std::int64_t now);  // TikTok log_id / request_id: time + hex
 
   // Counting on the call's account (when known) and in the totals.
@@ -347,6 +378,10 @@ struct Engine {
   Response business_refresh(Call& call);
   Response business_token_info(Call& call);
   Response business_get(Call& call);
+  Response oauth2_token(Call& call);
+  Response oauth2_introspect(Call& call);
+  Response oauth2_revoke(Call& call);
+  Response apikey_probe(Call& call);
 
   // Seeding (simulator_admin.cpp uses these; the per-provider files define them).
   void register_meta_page(const std::shared_ptr<Grant>& grant);
@@ -396,6 +431,13 @@ json meta_error_body(int code, std::optional<int> subcode, const std::string& me
 // The Meta revocation message for a subcode.
 std::string meta_subcode_message(int subcode);
 
+std::string ascii_lower(std::string s);  // A-Z to a-z, nothing else
 std::string bearer_token(const Request& request);
+// Whether the Authorization header uses the Basic scheme (any case), well-formed or not.
+bool has_basic_auth(const Request& request);
+// HTTP Basic credentials ("id:secret", base64, each form-urlencoded): {} when absent or malformed.
+std::pair<std::string, std::string> basic_credentials(const Request& request);
+// An RFC 6749 5.2 error body {"error","error_description"} with this status.
+Response oauth_error(int status, const std::string& error, const std::string& description);
 
 }  // namespace tw::sim::detail
