@@ -693,6 +693,18 @@ int cmd_revoke_and_remove(Invocation& inv, const std::string& id) {
                                  " has no revocation endpoint (revocation_url) in " +
                                  config->source + ": nothing was removed"));
   }
+  if (r.renewal_in_doubt_since) {
+    // The provider may hold a newer refresh token than ours; revoking ours (RFC 7009 answers 200
+    // for unknown tokens) would leave the live grant behind.
+    release();
+    return report(inv.env, usage("a renewal of " + id + " is in doubt (since " +
+                                 format_time(*r.renewal_in_doubt_since) +
+                                 "): the stored token may not be the live one. Renew it first "
+                                 "(tokenwarden refresh " +
+                                 id +
+                                 "), or revoke it at the "
+                                 "provider by hand; nothing was removed"));
+  }
   auto secrets = d.store->read_secrets(r);
   if (!secrets) {
     release();
@@ -712,7 +724,12 @@ int cmd_revoke_and_remove(Invocation& inv, const std::string& id) {
     return kExitFailure;
   }
   auto removed = d.store->remove(id);
-  if (!removed) return report(inv.env, removed.error());
+  if (!removed) {
+    inv.env.err << "tokenwarden: error: " << id << " was revoked at " << to_string(r.provider)
+                << " but not removed (" << removed.error().message() << "): run tokenwarden remove "
+                << id << "\n";
+    return kExitFailure;
+  }
   inv.env.out << "revoked " << id << " at " << to_string(r.provider) << " and removed it\n";
   return kExitOk;
 }
@@ -980,24 +997,89 @@ int cmd_status(Invocation& inv, const StatusArgs& args) {
   }
 }
 
-int cmd_rekey(Invocation& inv) {
-  return with_store(inv, OpenMode::kExisting, [&](const Config&, TokenStore& store) {
-    auto n = store.rekey();
-    if (!n) return report(inv.env, n.error());
-    inv.env.out << "re-encrypted " << *n << " token(s) with the current key\n";
-    // A process still running with the old key may have sealed a renewal meanwhile.
-    auto left = store.count_sealed_with_old_keys();
-    if (!left) return report(inv.env, left.error());
-    if (*left > 0) {
-      inv.env.err << "tokenwarden: error: " << *left
-                  << " token(s) were sealed again with an old key while this ran: restart every "
-                     "tokenwarden process with the new key configuration, then run rekey "
-                     "again before retiring the old key\n";
-      return kExitFailure;
+struct RekeyArgs {
+  std::string new_key;
+  std::size_t batch = 500;
+};
+
+// tokenwarden rekey: re-encrypts every secret under an older key with the target key (--new-key,
+// or key.file), in batches, beside running daemons. Every key in the configuration opens; the
+// target key must be one of them, so every process started with this configuration can read
+// what rekey writes.
+int cmd_rekey(Invocation& inv, const RekeyArgs& args) {
+  auto config = inv.config();
+  if (!config) return report(inv.env, config.error());
+  auto ring =
+      load_key_ring(config->key.file, config->key.previous_files, inv.env.credentials_directory);
+  if (!ring) return report(inv.env, ring.error());
+  bool staged = false;  // the target is a previous key: processes still seal with key.file's key
+  if (!args.new_key.empty()) {
+    auto target = load_key_file(args.new_key);
+    if (!target) return report(inv.env, target.error());
+    if (ring->find(target->id()) == nullptr) {
+      return report(inv.env,
+                    usage("the key in " + args.new_key + " (id " + target->id_hex() +
+                          ") is not in " + config->source +
+                          ": every tokenwarden process must be able to read what rekey writes. "
+                          "Add it to key.previous_files (or make it key.file), restart every "
+                          "tokenwarden process, then run rekey again"));
     }
-    inv.env.out << "no secret is sealed with an old key: the previous key files can be retired\n";
+    staged = target->id() != ring->current().id();
+    std::vector<Key> others{ring->current()};
+    for (const Key& k : ring->previous()) {
+      if (k.id() != target->id()) others.push_back(k);
+    }
+    ring = KeyRing(std::move(*target), std::move(others));
+  }
+  const std::string target_id = ring->current().id_hex();
+  auto opened =
+      open_token_store(config->storage, config->database, std::move(*ring), OpenMode::kExisting);
+  if (!opened) return report(inv.env, opened.error());
+  TokenStore& store = **opened;
+  auto total = store.count_sealed_with_old_keys();
+  if (!total) return report(inv.env, total.error());
+  inv.env.out << "rekey: " << *total << " token(s) to re-encrypt with key " << target_id << ", "
+              << args.batch << " per transaction" << std::endl;
+  // After the first batch, then at most once a second, and at the end.
+  std::optional<std::chrono::steady_clock::time_point> last;
+  auto show = [&](std::size_t done) {
+    const auto now = std::chrono::steady_clock::now();
+    if (last && now - *last < std::chrono::seconds(1) && done < *total) return;
+    last = now;
+    inv.env.out << "rekey: " << done << " of " << *total << " re-encrypted ("
+                << (*total == 0 ? 100 : std::min<std::size_t>(100, done * 100 / *total)) << "%)"
+                << std::endl;
+  };
+  auto n = store.rekey(args.batch, show);
+  if (!n) {
+    inv.env.err << "tokenwarden: error: " << n.error().message()
+                << " (what was re-encrypted is committed: run rekey again to go on)\n";
+    return exit_code_for(n.error());
+  }
+  inv.env.out << "re-encrypted " << *n << " token(s) with key " << target_id << "\n";
+  // A process still sealing with another key may have renewed a token meanwhile.
+  auto left = store.count_sealed_with_old_keys();
+  if (!left) return report(inv.env, left.error());
+  if (*left == 0) {
+    inv.env.out << "no secret is sealed with another key"
+                << (staged ? ": make this key key.file (the old one in key.previous_files), "
+                             "restart every tokenwarden process and run rekey once more; "
+                             "then the old key can be retired\n"
+                           : ": the previous key files can be retired\n");
     return kExitOk;
-  });
+  }
+  if (staged) {
+    inv.env.out << *left << " token(s) were renewed meanwhile under key.file's key, as expected "
+                << "while the new key is only a previous one: make it key.file (the old one in "
+                   "key.previous_files), restart every tokenwarden process, then run rekey "
+                   "again\n";
+    return kExitOk;
+  }
+  inv.env.err << "tokenwarden: error: " << *left
+              << " token(s) were sealed again with an old key while this ran: restart every "
+                 "tokenwarden process with the new key configuration, then run rekey again "
+                 "before retiring the old key\n";
+  return kExitFailure;
 }
 
 struct MigrateArgs {
@@ -1199,7 +1281,9 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
       "Kinds per provider: meta page_token (refresh secret: the long-lived user token) or\n"
       "user_token; google refresh_token; tiktok business_token or refresh_token; any provider\n"
       "client_credentials or api_key (checked, never renewed).");
-  add->add_option("--provider", add_args.provider, "meta, google or tiktok")->required();
+  add->add_option("--provider", add_args.provider,
+                  "meta, google, tiktok or a provider under providers.generic")
+      ->required();
   add->add_option("--kind", add_args.kind,
                   "page_token, user_token, refresh_token, business_token, "
                   "client_credentials or api_key")
@@ -1306,10 +1390,18 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   status->add_option("--stale-after", status_args.stale_after,
                      "A tick older than this is stale (default: 3 x status.write_every)");
 
+  RekeyArgs rekey_args;
   auto* rekey = app.add_subcommand(
       "rekey",
-      "Re-encrypt every secret sealed with a previous key (key.previous_files) with the\n"
-      "current key. Run after rotating the key file; then retire the old key.");
+      "Re-encrypt every secret sealed with another key with the current key (key.file), or\n"
+      "with --new-key's, in batches, while daemons run. Resumable: after a crash or an error,\n"
+      "run it again. The target key must be in the configuration (key.file or\n"
+      "key.previous_files), so every process can read what it writes. docs/operations.md\n"
+      "section 10 has the rotation steps.");
+  rekey->add_option("--new-key", rekey_args.new_key,
+                    "Key file to re-encrypt with (default: key.file's key)");
+  rekey->add_option("--batch", rekey_args.batch, "Tokens per transaction (default 500)")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100000}));
 
   MigrateArgs migrate_args;
   auto* migrate = app.add_subcommand(
@@ -1370,7 +1462,7 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   if (*remove) return cmd_remove(inv, remove_id, remove_revoke);
   if (*disable) return cmd_set_enabled(inv, disable_id, false);
   if (*enable) return cmd_set_enabled(inv, enable_id, true);
-  if (*rekey) return cmd_rekey(inv);
+  if (*rekey) return cmd_rekey(inv, rekey_args);
   if (*migrate) return cmd_migrate(inv, migrate_args);
   if (*status) return cmd_status(inv, status_args);
   if (*run) return cmd_run(inv);

@@ -748,7 +748,7 @@ bool reserved_header(std::string_view name) {
   std::transform(lower.begin(), lower.end(), lower.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return lower == "host" || lower == "content-type" || lower == "content-length" ||
-         lower == "transfer-encoding" || lower == "user-agent";
+         lower == "transfer-encoding" || lower == "user-agent" || lower == "authorization";
 }
 
 void parse_headers(MapReader& r, std::vector<HeaderConfig>& out) {

@@ -41,6 +41,19 @@ void mask_secret(std::string& text, const Secret& secret) {
   }
 }
 
+// Masks every one of `secrets` in `text` before it is cut to one line of 200 characters (a cut
+// secret could no longer be found).
+std::string scrub_all(std::string_view text, const std::vector<const Secret*>& secrets) {
+  std::string out(text);
+  for (const Secret* s : secrets) {
+    if (s != nullptr && s->size() >= 8) mask_secret(out, *s);
+  }
+  out = one_line(out);
+  constexpr std::size_t kMax = 200;
+  if (out.size() > kMax) out = out.substr(0, kMax - 3) + "...";
+  return out;
+}
+
 }  // namespace
 
 HttpRequest get(const std::string& url, const std::vector<Param>& params) {
@@ -190,15 +203,15 @@ bool access_token_stale(const TokenRecord& token, const TokenSecrets& secrets, S
          *token.expires_at <= now + kExpirySlack;
 }
 
+std::string scrub(std::string_view text, const std::vector<Secret>& secrets) {
+  std::vector<const Secret*> all;
+  for (const Secret& s : secrets)
+    all.push_back(&s);
+  return scrub_all(text, all);
+}
+
 std::string scrub(std::string_view text, std::initializer_list<const Secret*> secrets) {
-  std::string out(text);
-  for (const Secret* s : secrets) {
-    if (s != nullptr && s->size() >= 8) mask_secret(out, *s);
-  }
-  out = one_line(out);
-  constexpr std::size_t kMax = 200;
-  if (out.size() > kMax) out = out.substr(0, kMax - 3) + "...";
-  return out;
+  return scrub_all(text, std::vector<const Secret*>(secrets));
 }
 
 std::function<void(Outcome)> masking(std::function<void(Outcome)> done,

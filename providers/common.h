@@ -81,6 +81,7 @@ std::string string_field(const nlohmann::json& obj, const char* key);
 // A provider's error text made safe for a log line: one line, at most 200 characters, and every
 // occurrence of the given secrets masked (a provider might echo a token back).
 std::string scrub(std::string_view text, std::initializer_list<const Secret*> secrets);
+std::string scrub(std::string_view text, const std::vector<Secret>& secrets);
 
 // Wraps `done` so that the outcome's failure message and note never hold one of `secrets`: a
 // provider may echo a token, or our client secret, back in an error text (found by

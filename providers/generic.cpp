@@ -11,10 +11,11 @@
 //   before anything else and never sends the old one again. Such a renewal never leaves the token
 //   "in doubt" (there is no grant to lose: asking again always works).
 //   Check: RFC 7662 introspection, when introspection_url is set. For a refresh-token grant the
-//   refresh token is introspected (it is the grant: an expired access token says nothing), and
-//   "active": false means revoked. For a client-credentials token the access token is; an
-//   inactive one is renewed and checked once more, and only a fresh token found inactive fails
-//   (a configuration problem: our client is disabled or the server is wrong).
+//   refresh token is introspected (it is the grant: an expired access token says nothing); for a
+//   client-credentials token, the access token. "active": false is never taken on its own: the
+//   worker renews and checks once more. A dead grant fails that renewal (invalid_grant: needs
+//   re-authorisation); a token still inactive after a renewal that worked is reported revoked
+//   (refresh grant) or a configuration problem (client credentials).
 // type api_key: never renewed; checked with the configured probe request, the key in the
 //   configured header. Its status decides: valid_status, revoked_status, 429/5xx transient, any
 //   other malformed.
@@ -92,9 +93,9 @@ class GenericClient final : public ProviderClient {
     // never sent twice.
     req.once = true;
     const bool refresh_grant = config_.grant == G::Grant::kRefreshToken;
-    http_.send(std::move(req), [this, refresh_grant, old = Secret(secrets.refresh_token),
+    http_.send(std::move(req), [this, refresh_grant, hide = all_secrets(secrets),
                                 done = std::move(done)](HttpResponse r) {
-      Outcome o = read_token(r, refresh_grant, old);
+      Outcome o = read_token(r, refresh_grant, hide);
       providers::wipe_body(r);
       done(std::move(o));
     });
@@ -114,8 +115,9 @@ class GenericClient final : public ProviderClient {
         oauth_request(config_.introspection_url,
                       {Param{"token", subject.reveal(), true},
                        Param{"token_type_hint", refresh_grant ? "refresh_token" : "access_token"}});
-    http_.send(std::move(req), [this, refresh_grant, done = std::move(done)](HttpResponse r) {
-      Outcome o = read_introspection(r, refresh_grant);
+    http_.send(std::move(req), [this, refresh_grant, hide = all_secrets(secrets),
+                                done = std::move(done)](HttpResponse r) {
+      Outcome o = read_introspection(r, refresh_grant, hide);
       providers::wipe_body(r);
       done(std::move(o));
     });
@@ -138,38 +140,41 @@ class GenericClient final : public ProviderClient {
         oauth_request(config_.revocation_url,
                       {Param{"token", subject.reveal(), true},
                        Param{"token_type_hint", by_refresh ? "refresh_token" : "access_token"}});
-    std::vector<Secret> hide{secrets.access_token, secrets.refresh_token, client_secret_};
-    http_.send(
-        std::move(req), [this, hide = std::move(hide), done = std::move(done)](HttpResponse r) {
-          const std::string where = endpoint("revocation endpoint");
-          Status result = Ok();
-          if (auto f = providers::transport_failure(r, where)) {
-            result = Error(Errc::kIo, f->message);
-          } else if (r.status != 200) {
-            // RFC 7009 2.2.1: an error body as in RFC 6749 5.2; 503 means try again later.
-            auto doc = providers::parse_json(r.body);
-            std::string why = where + ": HTTP " + std::to_string(r.status);
-            if (doc && doc->is_object()) {
-              why += " " + providers::string_field(*doc, "error") + " " +
-                     providers::string_field(*doc, "error_description");
-            }
-            for (const Secret& s : hide)
-              why = providers::scrub(why, {&s});
-            result = Error(r.status == 429 || r.status >= 500 ? Errc::kIo : Errc::kConfig, why);
-          }
-          providers::wipe_body(r);
-          done(std::move(result));
-        });
+    http_.send(std::move(req), [this, hide = all_secrets(secrets),
+                                done = std::move(done)](HttpResponse r) {
+      const std::string where = endpoint("revocation endpoint");
+      Status result = Ok();
+      if (auto f = providers::transport_failure(r, where)) {
+        result = Error(Errc::kIo, f->message);
+      } else if (r.status != 200) {
+        // RFC 7009 2.2.1: an error body as in RFC 6749 5.2; 503 means try again later.
+        auto doc = providers::parse_json(r.body);
+        std::string why = where + ": HTTP " + std::to_string(r.status);
+        if (doc && doc->is_object()) {
+          why += " " + providers::string_field(*doc, "error") + " " +
+                 providers::string_field(*doc, "error_description");
+        }
+        why = providers::scrub(why, hide);
+        result = Error(r.status == 429 || r.status >= 500 ? Errc::kIo : Errc::kConfig, why);
+      }
+      providers::wipe_body(r);
+      done(std::move(result));
+    });
   }
 
  private:
   std::string endpoint(std::string_view what) const { return name_ + " " + std::string(what); }
 
-  Done masking(Done done, const TokenSecrets& secrets) const {
+  // Every secret a reply could echo back: the token's, the client secret, the header values.
+  std::vector<Secret> all_secrets(const TokenSecrets& secrets) const {
     std::vector<Secret> hide{secrets.access_token, secrets.refresh_token, client_secret_};
     for (const Header& h : headers_)
       hide.push_back(h.value);
-    return providers::masking(std::move(done), std::move(hide));
+    return hide;
+  }
+
+  Done masking(Done done, const TokenSecrets& secrets) const {
+    return providers::masking(std::move(done), all_secrets(secrets));
   }
 
   void add_headers(HttpRequest& req) const {
@@ -202,13 +207,13 @@ class GenericClient final : public ProviderClient {
 
   // An RFC 6749 5.2 error reply (or an error field in any reply), classified.
   Outcome oauth_error(const HttpResponse& r, Operation op, const nlohmann::json& doc,
-                      std::string_view where, bool refresh_grant, const Secret& refresh) const {
+                      std::string_view where, bool refresh_grant,
+                      const std::vector<Secret>& hide) const {
     const SysTime now = clock_.now();
     const std::string error = providers::string_field(doc, "error");
-    const std::string why = endpoint(where) + ": HTTP " + std::to_string(r.status) + " " + error +
-                            ": " +
-                            providers::scrub(providers::string_field(doc, "error_description"),
-                                             {&refresh, &client_secret_});
+    const std::string why =
+        endpoint(where) + ": HTTP " + std::to_string(r.status) + " " + error + ": " +
+        providers::scrub(providers::string_field(doc, "error_description"), hide);
     if (error == "invalid_grant") {
       // The refresh token is invalid, expired or revoked; a client-credentials request has no
       // grant to lose, so there it is our configuration.
@@ -230,14 +235,14 @@ class GenericClient final : public ProviderClient {
                              providers::malformed(r, endpoint(where), "unknown error " + error));
   }
 
-  Outcome read_token(HttpResponse& r, bool refresh_grant, const Secret& refresh) const {
+  Outcome read_token(HttpResponse& r, bool refresh_grant, const std::vector<Secret>& hide) const {
     const SysTime now = clock_.now();
     const std::string where = endpoint("token endpoint");
     auto reply = providers::json_reply(r, where, now);
     if (reply.failure) return providers::failed(Operation::kRefresh, std::move(*reply.failure));
     nlohmann::json& doc = *reply.json;
     if (doc.contains("error")) {
-      return oauth_error(r, Operation::kRefresh, doc, "token endpoint", refresh_grant, refresh);
+      return oauth_error(r, Operation::kRefresh, doc, "token endpoint", refresh_grant, hide);
     }
     if (r.status != 200) {
       return providers::failed(Operation::kRefresh,
@@ -265,29 +270,33 @@ class GenericClient final : public ProviderClient {
     return o;
   }
 
-  Outcome read_introspection(HttpResponse& r, bool refresh_grant) const {
+  Outcome read_introspection(HttpResponse& r, bool refresh_grant,
+                             const std::vector<Secret>& hide) const {
     const SysTime now = clock_.now();
     const std::string where = endpoint("introspection endpoint");
     auto reply = providers::json_reply(r, where, now);
     if (reply.failure) return providers::failed(Operation::kCheck, std::move(*reply.failure));
     const nlohmann::json& doc = *reply.json;
     if (doc.contains("error")) {
-      return oauth_error(r, Operation::kCheck, doc, "introspection endpoint", refresh_grant,
-                         Secret());
+      return oauth_error(r, Operation::kCheck, doc, "introspection endpoint", refresh_grant, hide);
     }
     if (r.status != 200 || !doc.contains("active") || !doc["active"].is_boolean()) {
       return providers::failed(Operation::kCheck,
                                providers::malformed(r, where, "no boolean \"active\""));
     }
     if (doc["active"].get<bool>()) return Outcome::success(Operation::kCheck);
-    if (refresh_grant) {
-      return Outcome::failed(
-          Operation::kCheck, ErrorClass::kRevoked,
-          where + ": the refresh token is no longer active (revoked or expired)");
-    }
-    // Ended by a newer token, or expired: a new one cures that. Still inactive when fresh: ours.
-    Outcome o = Outcome::failed(Operation::kCheck, ErrorClass::kConfiguration,
-                                where + ": a client-credentials token just issued is not active");
+    // Either way a renewal decides, so the server's word alone never files a customer's grant as
+    // dead (RFC 7662 lets a server call any token it will not describe to us inactive): a dead
+    // grant then fails the renewal with invalid_grant, which the policy reads (in doubt or not).
+    // This failure stands only when the token is still inactive after a renewal that worked.
+    Outcome o = refresh_grant ? Outcome::failed(Operation::kCheck, ErrorClass::kRevoked,
+                                                where +
+                                                    ": the refresh token is not active (revoked or "
+                                                    "expired), even after a renewal")
+                              : Outcome::failed(Operation::kCheck, ErrorClass::kConfiguration,
+                                                where +
+                                                    ": the client-credentials token is not active, "
+                                                    "even one just issued");
     o.renew_and_retry = true;
     return o;
   }
@@ -360,6 +369,9 @@ Result<std::unique_ptr<ProviderClient>> make_generic_client(const GenericProvide
     }
     auto value = providers::resolve_secret(h.secret, key + ".headers." + h.name);
     if (!value) return value.error();
+    if (value->reveal().find_first_of("\r\n") != std::string_view::npos) {
+      return Error(Errc::kConfig, key + ".headers." + h.name + ": the secret holds a line break");
+    }
     headers.push_back(Header{h.name, std::move(*value)});
   }
   return std::unique_ptr<ProviderClient>(std::make_unique<GenericClient>(

@@ -55,6 +55,7 @@ class KeyRing {
  public:
   explicit KeyRing(Key current, std::vector<Key> previous = {});
   const Key& current() const { return current_; }
+  const std::vector<Key>& previous() const { return previous_; }
   // The key with this id, or nullptr.
   const Key* find(const KeyId& id) const;
 

@@ -28,9 +28,15 @@ Result<std::unique_ptr<TokenStore>> open_token_store(const StorageConfig& storag
                                                      OpenMode mode) {
   auto keys = load_key_ring(key.file, key.previous_files, credentials_directory);
   if (!keys) return keys.error();
+  return open_token_store(storage, database, std::move(*keys), mode);
+}
+
+Result<std::unique_ptr<TokenStore>> open_token_store(const StorageConfig& storage,
+                                                     const DatabaseConfig& database, KeyRing keys,
+                                                     OpenMode mode) {
   if (storage.backend == StorageConfig::Backend::kSqlite) {
-    auto store = SqliteTokenStore::open(database.path, database.busy_timeout,
-                                        Cipher(std::move(*keys)), mode);
+    auto store =
+        SqliteTokenStore::open(database.path, database.busy_timeout, Cipher(std::move(keys)), mode);
     if (!store) return store.error();
     return std::unique_ptr<TokenStore>(std::move(*store));
   }
@@ -40,7 +46,7 @@ Result<std::unique_ptr<TokenStore>> open_token_store(const StorageConfig& storag
   options.dsn = std::move(*dsn);
   options.lock_timeout = storage.postgres.lock_timeout;
   options.statement_timeout = storage.postgres.statement_timeout;
-  auto store = PgTokenStore::open(options, Cipher(std::move(*keys)), mode);
+  auto store = PgTokenStore::open(options, Cipher(std::move(keys)), mode);
   if (!store) return store.error();
   return std::unique_ptr<TokenStore>(std::move(*store));
 }

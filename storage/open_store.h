@@ -6,6 +6,7 @@
 
 #include "config/config.h"
 #include "core/result.h"
+#include "storage/crypto.h"
 #include "storage/sqlite_token_store.h"
 #include "storage/token_store.h"
 
@@ -19,6 +20,10 @@ Result<std::unique_ptr<TokenStore>> open_token_store(const StorageConfig& storag
                                                      const DatabaseConfig& database,
                                                      const KeyConfig& key,
                                                      const std::string& credentials_directory,
+                                                     OpenMode mode);
+// The same with a key ring given by the caller (`tokenwarden rekey --new-key`).
+Result<std::unique_ptr<TokenStore>> open_token_store(const StorageConfig& storage,
+                                                     const DatabaseConfig& database, KeyRing keys,
                                                      OpenMode mode);
 
 }  // namespace tw

@@ -126,9 +126,10 @@ CREATE TRIGGER tokens_count_delete AFTER DELETE ON tokens REFERENCING OLD TABLE 
 )sql",
     // 5 -> 6: providers defined in the configuration: any valid provider name (core/token.h).
     R"sql(
-ALTER TABLE tokens DROP CONSTRAINT tokens_provider_check;
+ALTER TABLE tokens DROP CONSTRAINT IF EXISTS tokens_provider_check;
 ALTER TABLE tokens ADD CONSTRAINT tokens_provider_check
-  CHECK (provider ~ '^[a-z][a-z0-9_-]{0,31}$');
+  CHECK (provider ~ '^[a-z][a-z0-9_-]{0,31}$') NOT VALID;
+ALTER TABLE tokens VALIDATE CONSTRAINT tokens_provider_check;
 )sql",
 }};
 
@@ -1125,27 +1126,28 @@ Status PgTokenStore::write_sealed(std::span<const SealedToken> tokens) {
   });
 }
 
-Result<std::size_t> PgTokenStore::rekey() {
+Result<std::size_t> PgTokenStore::rekey(std::size_t batch,
+                                        const std::function<void(std::size_t)>& progress) {
   return impl_->guarded("re-encrypting tokens", [&]() -> Result<std::size_t> {
     std::size_t rewritten = 0;
-    // One transaction per batch keeps row locks short for live daemons.
-    constexpr std::int64_t kBatch = 500;
+    batch = std::max<std::size_t>(batch, 1);
+    const KeyId& id = impl_->cipher.keys().current().id();
+    const Blob current(id.begin(), id.end());
     std::string after;
     for (;;) {
+      // One transaction per batch keeps row locks short for live daemons; a row a daemon holds
+      // locked is waited for (lock_timeout), never skipped. Only rows with an envelope under
+      // another key are read (envelope bytes 2..9 are the key id).
       pqxx::work t(*impl_->conn);
-      const pqxx::result rows = impl_->exec(t,
-                                            "SELECT id, access_token, refresh_token FROM tokens "
-                                            "WHERE id > $1 ORDER BY id LIMIT $2::bigint FOR UPDATE",
-                                            Params().text(after).int64(kBatch));
+      const pqxx::result rows = impl_->exec(
+          t,
+          "SELECT id, access_token, refresh_token FROM tokens WHERE id > $1 AND "
+          "((access_token IS NOT NULL AND substring(access_token FROM 2 FOR 8) <> $3::bytea) OR "
+          "(refresh_token IS NOT NULL AND substring(refresh_token FROM 2 FOR 8) <> $3::bytea)) "
+          "ORDER BY id LIMIT $2::bigint FOR UPDATE",
+          Params().text(after).int64(static_cast<std::int64_t>(batch)).blob(current));
       for (const pqxx::row& row : rows) {
         after = row[0].c_str();
-        bool stale = false;
-        for (int col = 1; col <= 2; ++col) {
-          if (row[col].is_null()) continue;
-          pqxx::binarystring b(row[col]);
-          if (impl_->cipher.sealed_with_old_key({b.data(), b.size()})) stale = true;
-        }
-        if (!stale) continue;
         auto secrets = impl_->open_secrets(row[1], row[2], after);
         if (!secrets) return secrets.error();
         auto s = seal(impl_->cipher, *secrets, after);
@@ -1154,10 +1156,11 @@ Result<std::size_t> PgTokenStore::rekey() {
                     "UPDATE tokens SET access_token = $2::bytea, refresh_token = $3::bytea "
                     "WHERE id = $1",
                     Params().text(after).blob(s->access).blob(s->refresh));
-        ++rewritten;
       }
       t.commit();
-      if (static_cast<std::int64_t>(rows.size()) < kBatch) break;
+      rewritten += rows.size();
+      if (progress && !rows.empty()) progress(rewritten);
+      if (rows.size() < batch) break;
     }
     return rewritten;
   });

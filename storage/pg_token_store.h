@@ -86,7 +86,8 @@ class PgTokenStore final : public TokenStore {
   std::vector<Status> write_batch(std::span<const StoreWrite> writes,
                                   std::string_view owner) override;
   Result<std::size_t> pull_in_checks(Provider provider, SysTime now, Seconds period) override;
-  Result<std::size_t> rekey() override;
+  Result<std::size_t> rekey(std::size_t batch,
+                            const std::function<void(std::size_t)>& progress) override;
   Result<std::size_t> count_sealed_with_old_keys() override;
   Result<std::vector<SealedToken>> read_sealed(std::string_view after_id,
                                                std::size_t limit) override;

@@ -1010,35 +1010,29 @@ Status SqliteTokenStore::write_sealed(std::span<const SealedToken> tokens) {
   });
 }
 
-Result<std::size_t> SqliteTokenStore::rekey() {
+Result<std::size_t> SqliteTokenStore::rekey(std::size_t batch,
+                                            const std::function<void(std::size_t)>& progress) {
   return guarded("re-encrypting tokens", [&]() -> Result<std::size_t> {
     std::size_t rewritten = 0;
-    // One transaction per batch keeps the write lock short for a live daemon.
-    constexpr int kBatch = 500;
+    batch = std::max<std::size_t>(batch, 1);
+    const KeyId& current = impl_->cipher.keys().current().id();
     std::string after;
     for (;;) {
+      // One transaction per batch keeps the write lock short for a live daemon. Only rows with
+      // an envelope under another key are read (envelope bytes 2..9 are the key id).
       SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
       Cached q_held = impl_->cached(
-          "SELECT id, access_token, refresh_token FROM tokens WHERE id > ?1 "
+          "SELECT id, access_token, refresh_token FROM tokens WHERE id > ?1 AND "
+          "((access_token IS NOT NULL AND substr(access_token, 2, 8) != ?3) OR "
+          "(refresh_token IS NOT NULL AND substr(refresh_token, 2, 8) != ?3)) "
           "ORDER BY id LIMIT ?2");
       SQLite::Statement& q = *q_held;
       q.bind(1, after);
-      q.bind(2, kBatch);
-      int seen = 0;
+      q.bind(2, static_cast<std::int64_t>(batch));
+      q.bind(3, current.data(), static_cast<int>(current.size()));
       std::vector<std::pair<std::string, SealedPair>> updates;
       while (q.executeStep()) {
-        ++seen;
         after = q.getColumn(0).getString();
-        bool stale = false;
-        for (int col = 1; col <= 2; ++col) {
-          SQLite::Column c = q.getColumn(col);
-          const auto* data = static_cast<const std::uint8_t*>(c.getBlob());
-          if (!c.isNull() &&
-              impl_->cipher.sealed_with_old_key({data, static_cast<std::size_t>(c.getBytes())})) {
-            stale = true;
-          }
-        }
-        if (!stale) continue;
         auto access = impl_->open(q, 1, after, kAccessField);
         if (!access) return access.error();
         auto refresh = impl_->open(q, 2, after, kRefreshField);
@@ -1055,10 +1049,11 @@ Result<std::size_t> SqliteTokenStore::rekey() {
         bind_blob(u, 2, sealed.access);
         bind_blob(u, 3, sealed.refresh);
         u.exec();
-        ++rewritten;
       }
       tx.commit();
-      if (seen < kBatch) break;
+      rewritten += updates.size();
+      if (progress && !updates.empty()) progress(rewritten);
+      if (updates.size() < batch) break;
     }
     return rewritten;
   });

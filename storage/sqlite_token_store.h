@@ -66,7 +66,8 @@ class SqliteTokenStore final : public TokenStore {
   Result<std::vector<std::string>> extend_leases(const std::vector<LeaseRef>& leases,
                                                  std::string_view owner, SysTime now,
                                                  Seconds lease) override;
-  Result<std::size_t> rekey() override;
+  Result<std::size_t> rekey(std::size_t batch,
+                            const std::function<void(std::size_t)>& progress) override;
   Result<std::size_t> count_sealed_with_old_keys() override;
 
   Result<std::vector<SealedToken>> read_sealed(std::string_view after_id,

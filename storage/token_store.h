@@ -242,9 +242,14 @@ class TokenStore {
   // call it); leases and renewal times are left alone. Returns how many tokens moved.
   virtual Result<std::size_t> pull_in_checks(Provider provider, SysTime now, Seconds period) = 0;
 
-  // Re-encrypts every secret sealed with an old key using the current key; returns how many
-  // tokens were rewritten. Stops at the first secret that does not decrypt.
-  virtual Result<std::size_t> rekey() = 0;
+  // Re-encrypts every secret sealed with a key other than the current one, with the current key,
+  // `batch` tokens per transaction (short locks: live daemons keep working), in id order; after
+  // each batch, calls `progress` (if set) with the tokens rewritten so far. Returns how many were
+  // rewritten. Resumable: a crash loses at most the batch in flight, whose rows keep their old,
+  // still readable envelopes, and the next run skips every row already under the current key.
+  // Stops at the first secret that does not decrypt.
+  virtual Result<std::size_t> rekey(std::size_t batch = 500,
+                                    const std::function<void(std::size_t)>& progress = {}) = 0;
   // Tokens with a secret still sealed with a key other than the current one: 0 means an old key
   // can be retired.
   virtual Result<std::size_t> count_sealed_with_old_keys() = 0;

@@ -123,6 +123,15 @@ std::vector<std::string> keys_needing_restart(const Config& a, const Config& b) 
   differ("providers.meta", fixed(a.providers.meta) != fixed(b.providers.meta));
   differ("providers.google", fixed(a.providers.google) != fixed(b.providers.google));
   differ("providers.tiktok", fixed(a.providers.tiktok) != fixed(b.providers.tiktok));
+  auto fixed_generic = [&fixed](std::vector<GenericProviderConfig> all) {
+    for (GenericProviderConfig& g : all) {
+      g = fixed(g);
+      g.renew_at_fraction.reset();
+    }
+    return all;
+  };
+  differ("providers.generic",
+         fixed_generic(a.providers.generic) != fixed_generic(b.providers.generic));
   differ("log.format", a.log.format != b.log.format);
   differ("notify", a.notify != b.notify);
   differ("debug", a.debug != b.debug);
@@ -138,10 +147,23 @@ void Daemon::reload() {
     return;
   }
   reconfigure_logger(*log, fresh->log);
-  policy->reconfigure(PolicyConfig::from(*fresh));
+  // The generic providers whose clients run, with the fresh schedules and limits: a new provider
+  // or a changed endpoint needs a restart, and the policy must not schedule checks the running
+  // client cannot do.
+  std::vector<GenericProviderConfig> generic = config.providers.generic;
+  for (GenericProviderConfig& g : generic) {
+    if (const GenericProviderConfig* f = fresh->providers.generic_named(g.provider)) {
+      g.schedule = f->schedule;
+      g.limits = f->limits;
+      g.renew_at_fraction = f->renew_at_fraction;
+    }
+  }
+  Config for_policy = *fresh;
+  for_policy.providers.generic = generic;
+  policy->reconfigure(PolicyConfig::from(for_policy));
   std::map<Provider, ProviderLimits> limits;
   for (const auto& c : clients)
-    limits[c->provider()] = fresh->providers.limits(c->provider());
+    limits[c->provider()] = for_policy.providers.limits(c->provider());
   worker->set_limits(limits);
   worker->set_summary_every(fresh->log.summary_every);
   status->reconfigure(fresh->status);
@@ -159,6 +181,7 @@ void Daemon::reload() {
   applied.providers.meta.limits = fresh->providers.meta.limits;
   applied.providers.google.limits = fresh->providers.google.limits;
   applied.providers.tiktok.limits = fresh->providers.tiktok.limits;
+  applied.providers.generic = generic;
   applied.retry = fresh->retry;
   applied.status = fresh->status;
   config = applied;

@@ -11,6 +11,7 @@
 #include "core/time.h"
 #include "scheduler/clock.h"
 #include "storage/open_store.h"
+#include "tests/support/child_process.h"
 #include "tests/support/pg_test_db.h"
 #include "tests/test_util.h"
 
@@ -362,6 +363,77 @@ TEST_F(Cli, GenericProvidersTakeTheirOneKindAndAClientCredentialsTokenNeedsNoSec
   EXPECT_EQ(revoke.exit_code, 2) << revoke.err;
   EXPECT_NE(revoke.err.find("no revocation endpoint"), std::string::npos) << revoke.err;
   EXPECT_EQ(token_count(), 2u) << "nothing was removed";
+}
+
+// tokenwarden rekey --new-key, killed with SIGKILL in the middle: every token still opens (each
+// batch is whole: old envelopes or new ones), and a second run finishes the job.
+TEST_F(Cli, RekeyKilledInTheMiddleLosesNothingAndResumes) {
+  constexpr int kTokens = 6000;
+  std::string lines;
+  for (int i = 0; i < kTokens; ++i) {
+    lines += R"({"account_id":"acct-)" + std::to_string(i) + R"(","access_token":"act.)" +
+             std::to_string(i) + R"(","refresh_token":"rft.)" + std::to_string(i) + "\"}\n";
+  }
+  CliRun imported = run(
+      {"import", "--provider", "tiktok", "--kind", "business_token", "--workspace", "ws"}, lines);
+  ASSERT_EQ(imported.exit_code, 0) << imported.err;
+  const std::string new_key = dir_.file("new.key");
+  ASSERT_EQ(run({"keygen", "--out", new_key}).exit_code, 0);
+
+  // The new key not in the configuration: refused, nothing changed.
+  CliRun refused = run({"rekey", "--new-key", new_key});
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_NE(refused.err.find("is not in"), std::string::npos) << refused.err;
+
+  // Staged: every process can read the new key; rekey re-encrypts with it.
+  write_file(config_path(), "database:\n  path: " + db_path() + "\nkey:\n  file: " + key_path() +
+                                "\n  previous_files: [" + new_key + "]\n");
+  {
+    testing::ChildProcess rekey(
+        TW_BINARY, {"--config", config_path(), "rekey", "--new-key", new_key, "--batch", "5"},
+        dir_.file("rekey.err"));
+    bool mid_way = false;
+    while (auto line = rekey.first_line()) {
+      if (line->find("re-encrypted (") != std::string::npos &&
+          line->find("(100%)") == std::string::npos) {
+        mid_way = true;
+        break;
+      }
+    }
+    ASSERT_TRUE(mid_way) << "no progress line before the end: "
+                         << read_file(dir_.file("rekey.err"));
+    EXPECT_EQ(rekey.terminate(SIGKILL), 128 + SIGKILL);
+  }
+  auto old_key = load_key_file(key_path());
+  auto fresh_key = load_key_file(new_key);
+  ASSERT_TRUE(old_key && fresh_key);
+  auto count_and_check = [&](KeyRing ring) -> std::size_t {
+    auto store = SqliteTokenStore::open(db_path(), std::chrono::seconds(5), Cipher(std::move(ring)),
+                                        OpenMode::kExisting);
+    EXPECT_TRUE(store) << store.error().message();
+    auto all = (*store)->list({});
+    EXPECT_EQ(all->size(), static_cast<std::size_t>(kTokens));
+    for (const TokenRecord& r : *all) {
+      auto secrets = (*store)->read_secrets(r);
+      EXPECT_TRUE(secrets) << r.id << ": " << secrets.error().message();
+      if (!secrets) continue;
+      const std::string n = r.account_id.substr(5);
+      EXPECT_EQ(secrets->access_token.reveal(), "act." + n);
+      EXPECT_EQ(secrets->refresh_token.reveal(), "rft." + n);
+    }
+    return *(*store)->count_sealed_with_old_keys();
+  };
+  const std::size_t left = count_and_check(KeyRing(*fresh_key, {*old_key}));
+  EXPECT_GT(left, 0u) << "killed before the end";
+  EXPECT_LT(left, static_cast<std::size_t>(kTokens)) << "some batches were committed";
+
+  CliRun resumed = run({"rekey", "--new-key", new_key, "--batch", "1000"});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("re-encrypted " + std::to_string(left) + " token(s)"),
+            std::string::npos)
+      << "only what was left: " << resumed.out;
+  EXPECT_NE(resumed.out.find("make this key key.file"), std::string::npos) << resumed.out;
+  EXPECT_EQ(count_and_check(KeyRing(*fresh_key)), 0u) << "the new key alone opens everything";
 }
 
 TEST_F(Cli, ConfigAndKeyProblemsAreNamed) {

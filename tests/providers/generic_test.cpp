@@ -155,7 +155,7 @@ TEST_F(GenericTest, IntrospectionOfARefreshTokenGrant) {
   Outcome revoked = run(client(), Operation::kCheck, token_, secrets());
   ASSERT_FALSE(revoked.ok);
   EXPECT_EQ(revoked.failure.error_class, ErrorClass::kRevoked);
-  EXPECT_FALSE(revoked.renew_and_retry);
+  EXPECT_TRUE(revoked.renew_and_retry) << "a renewal confirms it first";
 
   http_.push_reply(200, R"({"scope":"x"})");
   EXPECT_EQ(run(client(), Operation::kCheck, token_, secrets()).failure.error_class,
@@ -223,6 +223,33 @@ TEST_F(GenericTest, ApiKeyProbeStatusesDecide) {
 
   Outcome renew = run(client(), Operation::kRefresh, token_, key);
   EXPECT_EQ(renew.failure.error_class, ErrorClass::kConfiguration) << "API keys are never renewed";
+}
+
+TEST_F(GenericTest, RevokeSendsTheRefreshTokenAndMasksEverySecretInAnError) {
+  config_.revocation_url = "http://auth.test/oauth2/revoke";
+  http_.push_reply(400, R"({"error":"unsupported_token_type","error_description":"token )"
+                        R"(refresh-old-1234 via gateway-key-value and access-old-1234"})");
+  std::optional<Status> done;
+  ASSERT_TRUE(client().can_revoke());
+  client_->revoke(token_, secrets(), [&](Status st) { done = std::move(st); });
+  io_.run();
+  ASSERT_TRUE(done);
+  ASSERT_FALSE(*done);
+  const std::string& m = done->error().message();
+  EXPECT_EQ(done->error().code(), Errc::kConfig);
+  for (const char* secret : {"refresh-old-1234", "gateway-key-value", "access-old-1234"}) {
+    EXPECT_EQ(m.find(secret), std::string::npos) << m;
+  }
+  const HttpRequest& r = http_.requests().at(0);
+  EXPECT_EQ(r.url, "http://auth.test/oauth2/revoke");
+  EXPECT_EQ(field(r.body, "token"), "refresh-old-1234");
+  EXPECT_EQ(field(r.body, "token_type_hint"), "refresh_token");
+  http_.push_reply(503, "");
+  done.reset();
+  client_->revoke(token_, secrets(), [&](Status st) { done = std::move(st); });
+  io_.restart();
+  io_.run();
+  EXPECT_EQ(done->error().code(), Errc::kIo) << "worth retrying later";
 }
 
 TEST_F(GenericTest, AMissingSecretFailsAtStartNamingTheKey) {

@@ -131,7 +131,10 @@ class FaultyStore final : public TokenStore {
   Result<std::size_t> pull_in_checks(Provider p, SysTime now, Seconds period) override {
     return inner_.pull_in_checks(p, now, period);
   }
-  Result<std::size_t> rekey() override { return inner_.rekey(); }
+  Result<std::size_t> rekey(std::size_t batch,
+                            const std::function<void(std::size_t)>& progress) override {
+    return inner_.rekey(batch, progress);
+  }
   Result<std::size_t> count_sealed_with_old_keys() override {
     return inner_.count_sealed_with_old_keys();
   }
