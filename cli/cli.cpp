@@ -1,6 +1,7 @@
 #include "cli/cli.h"
 
 #include <algorithm>
+#include <deque>
 #include <fstream>
 #include <istream>
 #include <memory>
@@ -12,9 +13,11 @@
 #include <CLI/CLI.hpp>
 #include <boost/asio/post.hpp>
 #include <nlohmann/json.hpp>
+#include <pwd.h>
 #include <termios.h>
 #include <unistd.h>
 
+#include "api/current_token.h"
 #include "config/config.h"
 #include "core/log.h"
 #include "core/process.h"
@@ -443,6 +446,41 @@ std::string cli_owner() {
   return "cli:" + std::string(host) + ":" + std::to_string(getpid());
 }
 
+// Who ran this command, for the audit trail: "cli:USER@HOST:PID" (the login name, else the uid).
+std::string cli_actor() {
+  char host[256] = "unknown";
+  gethostname(host, sizeof host - 1);
+  const passwd* pw = getpwuid(getuid());
+  const std::string user = pw != nullptr ? pw->pw_name : "uid " + std::to_string(getuid());
+  return "cli:" + user + "@" + std::string(host) + ":" + std::to_string(getpid());
+}
+
+// Appends audit rows for a command's actions; a failure is a warning (the action is done).
+void audit_cli(Invocation& inv, TokenStore& store, std::vector<AuditEntry> entries) {
+  const std::string actor = cli_actor();
+  for (AuditEntry& e : entries) {
+    e.at = inv.clock.now();
+    e.actor = actor;
+  }
+  if (auto st = store.append_audit(entries); !st) {
+    inv.env.err << "tokenwarden: warning: " << entries.size()
+                << " audit row(s) not written: " << st.error().message() << "\n";
+  }
+}
+
+// One audit row about `r`.
+AuditEntry audit_of(std::string action, const TokenRecord& r, std::string outcome,
+                    std::string detail = "") {
+  return AuditEntry{{},
+                    {},
+                    std::move(action),
+                    r.id,
+                    std::move(outcome),
+                    std::string(to_string(r.provider)) + " " + std::string(to_string(r.kind)) +
+                        ", workspace " + r.workspace_id + ", account " + r.account_id +
+                        (detail.empty() ? "" : "; " + detail)};
+}
+
 int cmd_add(Invocation& inv, const AddArgs& args) {
   const SysTime now = inv.clock.now();
   // Validate everything before touching the database, so bad input changes nothing.
@@ -457,6 +495,7 @@ int cmd_add(Invocation& inv, const AddArgs& args) {
         store.upsert(*token, *secrets, now, [&](TokenRecord& r) { policy.schedule_new(r, now); });
     if (!result) return report(inv.env, result.error());
     const TokenRecord& r = result->record;
+    audit_cli(inv, store, {audit_of(result->created ? "add" : "reconnect", r, "ok")});
     inv.env.out << (result->created ? "added " : "reconnected ") << r.id << " ("
                 << to_string(r.provider) << " " << to_string(r.kind) << ", account " << r.account_id
                 << "); next refresh "
@@ -564,6 +603,11 @@ int cmd_import(Invocation& inv, const ImportArgs& args) {
       auto results = store.upsert_batch(batch, now, schedule);
       batch.clear();
       if (!results) return results.error();
+      std::vector<AuditEntry> rows;
+      for (const UpsertResult& r : *results) {
+        rows.push_back(audit_of("import", r.record, r.created ? "added" : "reconnected"));
+      }
+      audit_cli(inv, store, std::move(rows));
       for (const UpsertResult& r : *results) {
         ++(r.created ? added : reconnected);
         if (!config.providers.enabled(r.record.provider)) {
@@ -665,6 +709,24 @@ int cmd_show(Invocation& inv, const std::string& id, bool json) {
   });
 }
 
+// tokenwarden token get ID: the current access token on stdout, for scripts. Only a token that
+// works is printed; otherwise exit 1 (3: no such token) with why on stderr. Each read is audited.
+int cmd_token_get(Invocation& inv, const std::string& id) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config&, TokenStore& store) {
+    auto got = current_token(store, id, inv.clock.now());
+    if (!got) return report(inv.env, got.error());
+    if (got->why == Unusable::kNotFound) return no_such_token(inv.env, id);
+    if (!got->token) {
+      inv.env.err << "tokenwarden: error: " << got->message << "\n";
+      return kExitFailure;
+    }
+    audit_cli(inv, store, {audit_of("read", got->token->record, "ok", "token get")});
+    inv.env.out << got->token->access_token.reveal() << "\n";
+    inv.env.out.flush();
+    return kExitOk;
+  });
+}
+
 // tokenwarden remove --revoke: revokes the token at its provider (RFC 7009), then deletes it. The
 // token is leased first, so no worker renews it meanwhile; when the provider refuses or cannot be
 // reached, nothing is deleted.
@@ -730,6 +792,7 @@ int cmd_revoke_and_remove(Invocation& inv, const std::string& id) {
                 << id << "\n";
     return kExitFailure;
   }
+  audit_cli(inv, *d.store, {audit_of("revoke", r, "ok", "revoked at the provider and removed")});
   inv.env.out << "revoked " << id << " at " << to_string(r.provider) << " and removed it\n";
   return kExitOk;
 }
@@ -740,6 +803,7 @@ int cmd_remove(Invocation& inv, const std::string& id, bool revoke) {
     auto removed = store.remove(id);
     if (!removed) return report(inv.env, removed.error());
     if (!*removed) return no_such_token(inv.env, id);
+    audit_cli(inv, store, {AuditEntry{{}, {}, "remove", id, "ok", "deleted with its secrets"}});
     inv.env.out << "removed " << id << "\n";
     return kExitOk;
   });
@@ -774,6 +838,10 @@ int cmd_set_enabled(Invocation& inv, const std::string& id, bool enable) {
     if (auto st = store.save(r, nullptr, owner, LeaseAction::kRelease); !st) {
       return report(inv.env, st.error());
     }
+    audit_cli(
+        inv, store,
+        {audit_of(enable ? "enable" : "disable", r,
+                  std::string(to_string(before)) + " -> " + std::string(to_string(r.state)))});
     inv.env.out << (enable ? "enabled " : "disabled ") << id << "; next refresh "
                 << (r.next_refresh_due ? format_time(*r.next_refresh_due) : "not scheduled")
                 << ", next check "
@@ -793,6 +861,10 @@ int cmd_run(Invocation& inv) {
     return exit_code_for(daemon.error());
   }
   if (auto st = (*daemon)->enable_notices(); !st) {
+    log->critical("cannot start: {}", st.error().message());
+    return exit_code_for(st.error());
+  }
+  if (auto st = (*daemon)->enable_api(); !st) {
     log->critical("cannot start: {}", st.error().message());
     return exit_code_for(st.error());
   }
@@ -1056,6 +1128,13 @@ int cmd_rekey(Invocation& inv, const RekeyArgs& args) {
                 << " (what was re-encrypted is committed: run rekey again to go on)\n";
     return exit_code_for(n.error());
   }
+  audit_cli(inv, store,
+            {AuditEntry{{},
+                        {},
+                        "rekey",
+                        "",
+                        "ok",
+                        "re-encrypted " + std::to_string(*n) + " token(s) with key " + target_id}});
   inv.env.out << "re-encrypted " << *n << " token(s) with key " << target_id << "\n";
   // A process still sealing with another key may have renewed a token meanwhile.
   auto left = store.count_sealed_with_old_keys();
@@ -1080,6 +1159,95 @@ int cmd_rekey(Invocation& inv, const RekeyArgs& args) {
                  "tokenwarden process with the new key configuration, then run rekey again "
                  "before retiring the old key\n";
   return kExitFailure;
+}
+
+struct AuditArgs {
+  std::string token;
+  std::size_t limit = 100;
+  bool json = false;
+};
+
+nlohmann::json to_json(const AuditRow& row) {
+  return {{"seq", row.seq},
+          {"at", format_time(row.entry.at)},
+          {"actor", row.entry.actor},
+          {"action", row.entry.action},
+          {"token_id", row.entry.token_id},
+          {"outcome", row.entry.outcome},
+          {"detail", row.entry.detail},
+          {"hash", audit_hash_hex(row.hash)}};
+}
+
+// tokenwarden audit [--token ID]: the newest `limit` rows (a token's history with --token), oldest
+// first.
+int cmd_audit(Invocation& inv, const AuditArgs& args) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config&, TokenStore& store) {
+    std::deque<AuditRow> last;
+    std::int64_t after = 0;
+    for (;;) {
+      auto rows = store.read_audit(after, 10000, args.token);
+      if (!rows) return report(inv.env, rows.error());
+      for (AuditRow& r : *rows) {
+        after = r.seq;
+        last.push_back(std::move(r));
+        if (last.size() > args.limit) last.pop_front();
+      }
+      if (rows->size() < 10000) break;
+    }
+    if (args.json) {
+      nlohmann::json out = nlohmann::json::array();
+      for (const AuditRow& r : last)
+        out.push_back(to_json(r));
+      inv.env.out << out.dump(2) << "\n";
+      return kExitOk;
+    }
+    for (const AuditRow& r : last) {
+      inv.env.out << format_time(r.entry.at) << "  #" << r.seq << "  " << r.entry.actor << "  "
+                  << r.entry.action << "  " << (r.entry.token_id.empty() ? "-" : r.entry.token_id)
+                  << "  " << r.entry.outcome
+                  << (r.entry.detail.empty() ? "" : "  (" + r.entry.detail + ")") << "\n";
+    }
+    if (last.empty()) inv.env.out << "no audit rows\n";
+    return kExitOk;
+  });
+}
+
+// tokenwarden audit verify: walks the whole chain. Exit 0 intact, 1 broken.
+int cmd_audit_verify(Invocation& inv) {
+  return with_store(inv, OpenMode::kExisting, [&](const Config&, TokenStore& store) {
+    auto anchor = store.audit_anchor();
+    if (!anchor) return report(inv.env, anchor.error());
+    AuditVerifier verify(*anchor);
+    std::int64_t after = 0;
+    for (;;) {
+      auto rows = store.read_audit(after, 10000, "");
+      if (!rows) return report(inv.env, rows.error());
+      for (const AuditRow& r : *rows) {
+        verify.add(r);
+        after = r.seq;
+      }
+      if (rows->size() < 10000 || !verify.problem().empty()) break;
+    }
+    if (!verify.problem().empty()) {
+      inv.env.err << "tokenwarden: error: the audit trail was tampered with: " << verify.problem()
+                  << "\n";
+      return kExitFailure;
+    }
+    if (verify.rows() == 0) {
+      inv.env.out << "audit trail intact: no rows"
+                  << (anchor->seq > 0 ? " after the " + std::to_string(anchor->seq) + " pruned"
+                                      : std::string())
+                  << "\n";
+      return kExitOk;
+    }
+    inv.env.out << "audit trail intact: rows " << verify.first_seq() << " to "
+                << verify.first_seq() + verify.rows() - 1 << " (" << verify.rows() << " rows"
+                << (anchor->seq > 0 ? ", " + std::to_string(anchor->seq) + " older ones pruned"
+                                    : std::string())
+                << "); head hash " << audit_hash_hex(verify.head())
+                << " (keep it elsewhere to pin the chain)\n";
+    return kExitOk;
+  });
 }
 
 struct MigrateArgs {
@@ -1390,6 +1558,30 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   status->add_option("--stale-after", status_args.stale_after,
                      "A tick older than this is stale (default: 3 x status.write_every)");
 
+  std::string token_get_id;
+  auto* token_cmd = app.add_subcommand("token", "Hand out a token to a script or application.");
+  token_cmd->require_subcommand(1);
+  auto* token_get = token_cmd->add_subcommand(
+      "get",
+      "Print the token's current access token (an API key for api_key tokens) on stdout, and\n"
+      "nothing else. Refuses (exit 1, why on stderr) a token that is expired, needs\n"
+      "re-authorisation, was revoked or is disabled. Each read is in the audit trail.");
+  token_get->add_option("id", token_get_id, "Token id (tok_...)")->required();
+
+  AuditArgs audit_args;
+  auto* audit = app.add_subcommand(
+      "audit",
+      "Show the audit trail: every renewal, check, state change and CLI action, with time,\n"
+      "actor and outcome, never a secret. `audit verify` checks its hash chain.");
+  audit->add_option("--token", audit_args.token, "Only this token's history");
+  audit->add_option("--limit", audit_args.limit, "The newest N rows (default 100)")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{10000000}));
+  audit->add_flag("--json", audit_args.json, "JSON array");
+  auto* audit_verify = audit->add_subcommand(
+      "verify",
+      "Check that no audit row was changed, deleted or inserted since it was written.\n"
+      "Exit codes for this command: 0 intact; 1 tampered with (the first break is named).");
+
   RekeyArgs rekey_args;
   auto* rekey = app.add_subcommand(
       "rekey",
@@ -1463,6 +1655,9 @@ int run_cli(const std::vector<std::string>& args, CliEnv& env) {
   if (*disable) return cmd_set_enabled(inv, disable_id, false);
   if (*enable) return cmd_set_enabled(inv, enable_id, true);
   if (*rekey) return cmd_rekey(inv, rekey_args);
+  if (*token_get) return cmd_token_get(inv, token_get_id);
+  if (*audit_verify) return cmd_audit_verify(inv);
+  if (*audit) return cmd_audit(inv, audit_args);
   if (*migrate) return cmd_migrate(inv, migrate_args);
   if (*status) return cmd_status(inv, status_args);
   if (*run) return cmd_run(inv);

@@ -914,6 +914,26 @@ void parse_log(MapReader& r, LogConfig& c) {
   r.finish();
 }
 
+void parse_api(MapReader& r, ApiConfig& c) {
+  r.string("socket", c.socket);
+  r.integers("allow_uids", c.allow_uids, 0, 2147483647);
+  r.integers("allow_gids", c.allow_gids, 0, 2147483647);
+  r.finish();
+  if (!c.socket.empty() && !c.socket.starts_with('/')) {
+    r.fail("socket", "must be an absolute path; got " + in_quotes(c.socket));
+  }
+  if (!c.socket.empty() && c.allow_uids.empty() && c.allow_gids.empty()) {
+    r.fail("allow_uids",
+           "missing required key (give allow_uids or allow_gids: who may use the "
+           "API)");
+  }
+}
+
+void parse_audit(MapReader& r, AuditConfig& c) {
+  r.period_or_off("retention", c.retention);
+  r.finish();
+}
+
 void parse_debug(MapReader& r, DebugConfig& c) {
   r.boolean("core_dumps", c.core_dumps);
   r.finish();
@@ -955,6 +975,8 @@ void parse_sections(MapReader& r, Config& c) {
   if (auto s = r.section("status")) parse_status(*s, c.status);
   if (auto s = r.section("log")) parse_log(*s, c.log);
   if (auto s = r.section("notify")) parse_notify(*s, c.notify);
+  if (auto s = r.section("api")) parse_api(*s, c.api);
+  if (auto s = r.section("audit")) parse_audit(*s, c.audit);
   if (auto s = r.section("debug")) parse_debug(*s, c.debug);
   r.finish();
   fill_tiktok_defaults(c.providers.tiktok);

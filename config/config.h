@@ -286,6 +286,25 @@ struct NotifyConfig {
   bool operator==(const NotifyConfig&) const = default;
 };
 
+// The local API for applications on this host (api/local_api.h): HTTP over a Unix socket.
+struct ApiConfig {
+  // Where to create the socket; empty: no API, unless systemd passes a socket (socket
+  // activation, systemd/tokenwarden-api.socket), which is then used instead.
+  std::string socket;
+  std::vector<int> allow_uids;  // peers (SO_PEERCRED) allowed by user id
+  std::vector<int> allow_gids;  // ... or by primary group id; one of the two is required
+
+  bool operator==(const ApiConfig&) const = default;
+};
+
+// The audit trail (tokenwarden audit): one row per renewal, check, state change and CLI action.
+struct AuditConfig {
+  // Rows older than this are deleted (the chain stays verifiable); nullopt (`off`): kept forever.
+  std::optional<Seconds> retention = std::chrono::days(90);
+
+  bool operator==(const AuditConfig&) const = default;
+};
+
 // For developers only.
 struct DebugConfig {
   // Let the process dump core (it is kept from doing so otherwise): a core file holds decrypted
@@ -306,6 +325,8 @@ struct Config {
   StatusConfig status;
   LogConfig log;
   NotifyConfig notify;
+  ApiConfig api;
+  AuditConfig audit;
   DebugConfig debug;
 
   std::string source;  // the file it came from, for messages

@@ -21,7 +21,7 @@ namespace {
 
 // Forward migrations, one per SQLite migration and with the same meaning: entry i takes the
 // schema from version i to i + 1. Never edit a shipped entry; append a new one (to both stores).
-constexpr std::array<const char*, 6> kPgMigrations{{
+constexpr std::array<const char*, 7> kPgMigrations{{
     // 0 -> 1: tokens, with the schedule in two indexed columns.
     R"sql(
 CREATE TABLE tokens (
@@ -131,10 +131,42 @@ ALTER TABLE tokens ADD CONSTRAINT tokens_provider_check
   CHECK (provider ~ '^[a-z][a-z0-9_-]{0,31}$') NOT VALID;
 ALTER TABLE tokens VALIDATE CONSTRAINT tokens_provider_check;
 )sql",
+    // 6 -> 7: the audit trail (storage/audit.h): rows numbered without gaps and hash-chained,
+    // never updated (a trigger refuses it); pruning moves the anchor the chain starts from.
+    R"sql(
+CREATE TABLE audit (
+  seq       BIGINT PRIMARY KEY,
+  at        BIGINT NOT NULL,
+  actor     TEXT NOT NULL,
+  action    TEXT NOT NULL,
+  token_id  TEXT NOT NULL,
+  outcome   TEXT NOT NULL,
+  detail    TEXT NOT NULL,
+  prev_hash BYTEA NOT NULL,
+  hash      BYTEA NOT NULL
+);
+CREATE INDEX audit_token ON audit (token_id, seq) WHERE token_id <> '';
+CREATE INDEX audit_at ON audit (at);
+CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  RAISE EXCEPTION 'audit rows are never changed';
+END
+$fn$;
+CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit
+  FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE TABLE audit_anchor (
+  id   INTEGER PRIMARY KEY CHECK (id = 1),
+  seq  BIGINT NOT NULL,
+  hash BYTEA NOT NULL
+);
+INSERT INTO audit_anchor VALUES (1, 0, decode(repeat('00', 32), 'hex'));
+)sql",
 }};
 
 // Serialises migrations across processes (pg_advisory_xact_lock key: "tokenwar" in ASCII).
 constexpr const char* kMigrationLock = "SELECT pg_advisory_xact_lock(8390891584140551538)";
+// Serialises audit appends across processes: each reads the chain's head and extends it.
+constexpr const char* kAuditLock = "SELECT pg_advisory_xact_lock(8390891584140551539)";
 
 // Statement parameters, all passed as text (or NULL) and typed by the server from their context
 // or an explicit cast: one way to pass every kind of value, including NULLs, to a statement
@@ -1163,6 +1195,122 @@ Result<std::size_t> PgTokenStore::rekey(std::size_t batch,
       if (rows.size() < batch) break;
     }
     return rewritten;
+  });
+}
+
+namespace {
+
+AuditHash hash_field(const pqxx::field& f) {
+  AuditHash h{};
+  pqxx::binarystring b(f);
+  if (b.size() == h.size()) std::copy(b.data(), b.data() + h.size(), h.begin());
+  return h;
+}
+
+Blob blob_of(const AuditHash& h) {
+  return Blob(h.begin(), h.end());
+}
+
+}  // namespace
+
+Status PgTokenStore::append_audit(std::span<const AuditEntry> entries) {
+  if (entries.empty()) return Ok();
+  return impl_->guarded("writing the audit trail", [&]() -> Status {
+    pqxx::work t(*impl_->conn);
+    t.exec(kAuditLock);
+    const pqxx::result head = impl_->exec(
+        t,
+        "SELECT seq, hash FROM (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1) h "
+        "UNION ALL SELECT seq, hash FROM audit_anchor ORDER BY seq DESC LIMIT 1",
+        Params());
+    std::int64_t seq = head.empty() ? 0 : head[0][0].as<std::int64_t>();
+    AuditHash prev = head.empty() ? AuditHash{} : hash_field(head[0][1]);
+    for (const AuditEntry& e : entries) {
+      ++seq;
+      const AuditHash hash = audit_hash(seq, e, prev);
+      impl_->exec(t,
+                  "INSERT INTO audit VALUES ($1::bigint, $2::bigint, $3, $4, $5, $6, $7, "
+                  "$8::bytea, $9::bytea)",
+                  Params()
+                      .int64(seq)
+                      .int64(to_unix(e.at))
+                      .text(e.actor)
+                      .text(e.action)
+                      .text(e.token_id)
+                      .text(e.outcome)
+                      .text(e.detail)
+                      .blob(blob_of(prev))
+                      .blob(blob_of(hash)));
+      prev = hash;
+    }
+    t.commit();
+    return Ok();
+  });
+}
+
+Result<std::vector<AuditRow>> PgTokenStore::read_audit(std::int64_t after_seq, std::size_t limit,
+                                                       std::string_view token_id) {
+  return impl_->guarded("reading the audit trail", [&]() -> Result<std::vector<AuditRow>> {
+    pqxx::read_transaction t(*impl_->conn);
+    Params p;
+    p.int64(after_seq).int64(static_cast<std::int64_t>(limit));
+    if (!token_id.empty()) p.text(token_id);
+    const pqxx::result rows = impl_->exec(
+        t,
+        token_id.empty()
+            ? "SELECT * FROM audit WHERE seq > $1::bigint ORDER BY seq LIMIT $2::bigint"
+            : "SELECT * FROM audit WHERE seq > $1::bigint AND token_id = $3 ORDER BY seq "
+              "LIMIT $2::bigint",
+        p);
+    std::vector<AuditRow> out;
+    for (const pqxx::row& row : rows) {
+      AuditRow r;
+      r.seq = row[0].as<std::int64_t>();
+      r.entry.at = from_unix(row[1].as<std::int64_t>());
+      r.entry.actor = row[2].c_str();
+      r.entry.action = row[3].c_str();
+      r.entry.token_id = row[4].c_str();
+      r.entry.outcome = row[5].c_str();
+      r.entry.detail = row[6].c_str();
+      r.prev_hash = hash_field(row[7]);
+      r.hash = hash_field(row[8]);
+      out.push_back(std::move(r));
+    }
+    return out;
+  });
+}
+
+Result<AuditAnchor> PgTokenStore::audit_anchor() {
+  return impl_->guarded("reading the audit trail", [&]() -> Result<AuditAnchor> {
+    pqxx::read_transaction t(*impl_->conn);
+    const pqxx::result r = impl_->exec(t, "SELECT seq, hash FROM audit_anchor", Params());
+    AuditAnchor a;
+    if (!r.empty()) {
+      a.seq = r[0][0].as<std::int64_t>();
+      a.hash = hash_field(r[0][1]);
+    }
+    return a;
+  });
+}
+
+Result<std::size_t> PgTokenStore::delete_audit_before(SysTime before) {
+  return impl_->guarded("pruning the audit trail", [&]() -> Result<std::size_t> {
+    pqxx::work t(*impl_->conn);
+    t.exec(kAuditLock);
+    const pqxx::result last =
+        impl_->exec(t,
+                    "SELECT seq, hash FROM audit WHERE at < $1::bigint AND "
+                    "seq < (SELECT MAX(seq) FROM audit) ORDER BY seq DESC LIMIT 1",
+                    Params().int64(to_unix(before)));
+    if (last.empty()) return std::size_t{0};
+    const std::int64_t through = last[0][0].as<std::int64_t>();
+    const AuditHash hash = hash_field(last[0][1]);
+    const pqxx::result del =
+        impl_->exec(t, "DELETE FROM audit WHERE seq <= $1::bigint", Params().int64(through));
+    impl_->exec(t, "UPDATE audit_anchor SET seq = $1::bigint, hash = $2::bytea",
+                Params().int64(through).blob(blob_of(hash)));
+    t.commit();
+    return static_cast<std::size_t>(del.affected_rows());
   });
 }
 

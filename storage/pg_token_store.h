@@ -89,6 +89,11 @@ class PgTokenStore final : public TokenStore {
   Result<std::size_t> rekey(std::size_t batch,
                             const std::function<void(std::size_t)>& progress) override;
   Result<std::size_t> count_sealed_with_old_keys() override;
+  Status append_audit(std::span<const AuditEntry> entries) override;
+  Result<std::vector<AuditRow>> read_audit(std::int64_t after_seq, std::size_t limit,
+                                           std::string_view token_id) override;
+  Result<AuditAnchor> audit_anchor() override;
+  Result<std::size_t> delete_audit_before(SysTime before) override;
   Result<std::vector<SealedToken>> read_sealed(std::string_view after_id,
                                                std::size_t limit) override;
   Status write_sealed(std::span<const SealedToken> tokens) override;

@@ -30,7 +30,7 @@ namespace {
 
 // Forward migrations: entry i takes the schema from version i to i + 1. Never edit a shipped
 // entry; append a new one.
-constexpr std::array<const char*, 6> kMigrations{{
+constexpr std::array<const char*, 7> kMigrations{{
     // 0 -> 1: tokens, with the schedule in two indexed columns.
     R"sql(
 CREATE TABLE tokens (
@@ -194,6 +194,32 @@ CREATE TRIGGER tokens_count_update AFTER UPDATE OF provider, state ON tokens
   INSERT INTO token_counts VALUES (NEW.provider, NEW.state, 1)
     ON CONFLICT (provider, state) DO UPDATE SET n = n + 1;
 END;
+)sql",
+    // 6 -> 7: the audit trail (storage/audit.h): rows numbered without gaps and hash-chained,
+    // never updated (a trigger refuses it); pruning moves the anchor the chain starts from.
+    R"sql(
+CREATE TABLE audit (
+  seq       INTEGER PRIMARY KEY,
+  at        INTEGER NOT NULL,
+  actor     TEXT NOT NULL,
+  action    TEXT NOT NULL,
+  token_id  TEXT NOT NULL,
+  outcome   TEXT NOT NULL,
+  detail    TEXT NOT NULL,
+  prev_hash BLOB NOT NULL,
+  hash      BLOB NOT NULL
+) STRICT;
+CREATE INDEX audit_token ON audit (token_id, seq) WHERE token_id != '';
+CREATE INDEX audit_at ON audit (at);
+CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit BEGIN
+  SELECT RAISE(ABORT, 'audit rows are never changed');
+END;
+CREATE TABLE audit_anchor (
+  id   INTEGER PRIMARY KEY CHECK (id = 1),
+  seq  INTEGER NOT NULL,
+  hash BLOB NOT NULL
+) STRICT;
+INSERT INTO audit_anchor VALUES (1, 0, zeroblob(32));
 )sql",
 }};
 
@@ -1056,6 +1082,125 @@ Result<std::size_t> SqliteTokenStore::rekey(std::size_t batch,
       if (updates.size() < batch) break;
     }
     return rewritten;
+  });
+}
+
+namespace {
+
+AuditHash hash_column(const SQLite::Column& c) {
+  AuditHash h{};
+  if (c.getBytes() == static_cast<int>(h.size())) {
+    const auto* data = static_cast<const std::uint8_t*>(c.getBlob());
+    std::copy(data, data + h.size(), h.begin());
+  }
+  return h;
+}
+
+}  // namespace
+
+Status SqliteTokenStore::append_audit(std::span<const AuditEntry> entries) {
+  if (entries.empty()) return Ok();
+  return guarded("writing the audit trail", [&]() -> Status {
+    SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
+    std::int64_t seq = 0;
+    AuditHash prev{};
+    {
+      Cached h_held = impl_->cached(
+          "SELECT seq, hash FROM audit UNION ALL SELECT seq, hash FROM audit_anchor "
+          "ORDER BY seq DESC LIMIT 1");
+      SQLite::Statement& h = *h_held;
+      if (h.executeStep()) {
+        seq = h.getColumn(0).getInt64();
+        prev = hash_column(h.getColumn(1));
+      }
+    }
+    for (const AuditEntry& e : entries) {
+      ++seq;
+      const AuditHash hash = audit_hash(seq, e, prev);
+      Cached q_held =
+          impl_->cached("INSERT INTO audit VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+      SQLite::Statement& q = *q_held;
+      q.bind(1, seq);
+      q.bind(2, static_cast<std::int64_t>(to_unix(e.at)));
+      q.bind(3, e.actor);
+      q.bind(4, e.action);
+      q.bind(5, e.token_id);
+      q.bind(6, e.outcome);
+      q.bind(7, e.detail);
+      q.bind(8, prev.data(), static_cast<int>(prev.size()));
+      q.bind(9, hash.data(), static_cast<int>(hash.size()));
+      q.exec();
+      prev = hash;
+    }
+    tx.commit();
+    return Ok();
+  });
+}
+
+Result<std::vector<AuditRow>> SqliteTokenStore::read_audit(std::int64_t after_seq,
+                                                           std::size_t limit,
+                                                           std::string_view token_id) {
+  return guarded("reading the audit trail", [&]() -> Result<std::vector<AuditRow>> {
+    Cached q_held = impl_->cached(
+        token_id.empty()
+            ? "SELECT * FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            : "SELECT * FROM audit WHERE seq > ?1 AND token_id = ?3 ORDER BY seq LIMIT ?2");
+    SQLite::Statement& q = *q_held;
+    q.bind(1, after_seq);
+    q.bind(2, static_cast<std::int64_t>(limit));
+    if (!token_id.empty()) q.bind(3, text_of(token_id));
+    std::vector<AuditRow> rows;
+    while (q.executeStep()) {
+      AuditRow r;
+      r.seq = q.getColumn(0).getInt64();
+      r.entry.at = from_unix(q.getColumn(1).getInt64());
+      r.entry.actor = q.getColumn(2).getString();
+      r.entry.action = q.getColumn(3).getString();
+      r.entry.token_id = q.getColumn(4).getString();
+      r.entry.outcome = q.getColumn(5).getString();
+      r.entry.detail = q.getColumn(6).getString();
+      r.prev_hash = hash_column(q.getColumn(7));
+      r.hash = hash_column(q.getColumn(8));
+      rows.push_back(std::move(r));
+    }
+    return rows;
+  });
+}
+
+Result<AuditAnchor> SqliteTokenStore::audit_anchor() {
+  return guarded("reading the audit trail", [&]() -> Result<AuditAnchor> {
+    Cached q_held = impl_->cached("SELECT seq, hash FROM audit_anchor");
+    SQLite::Statement& q = *q_held;
+    AuditAnchor a;
+    if (q.executeStep()) {
+      a.seq = q.getColumn(0).getInt64();
+      a.hash = hash_column(q.getColumn(1));
+    }
+    return a;
+  });
+}
+
+Result<std::size_t> SqliteTokenStore::delete_audit_before(SysTime before) {
+  return guarded("pruning the audit trail", [&]() -> Result<std::size_t> {
+    SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
+    // The last row to delete: older than `before`, and never the newest (the chain's head).
+    SQLite::Statement last(*impl_->db,
+                           "SELECT seq, hash FROM audit WHERE at < ?1 AND "
+                           "seq < (SELECT MAX(seq) FROM audit) ORDER BY seq DESC LIMIT 1");
+    last.bind(1, static_cast<std::int64_t>(to_unix(before)));
+    if (!last.executeStep()) return std::size_t{0};
+    const std::int64_t through = last.getColumn(0).getInt64();
+    const AuditHash hash = hash_column(last.getColumn(1));
+    last.reset();
+    SQLite::Statement del(*impl_->db, "DELETE FROM audit WHERE seq <= ?1");
+    del.bind(1, through);
+    const int n = del.exec();
+    SQLite::Statement anchor(*impl_->db, "UPDATE audit_anchor SET seq = ?1, hash = ?2");
+    anchor.bind(1, through);
+    anchor.bind(2, hash.data(), static_cast<int>(hash.size()));
+    anchor.exec();
+    tx.commit();
+    return static_cast<std::size_t>(n);
   });
 }
 

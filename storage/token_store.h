@@ -28,6 +28,7 @@
 #include "core/result.h"
 #include "core/time.h"
 #include "core/token.h"
+#include "storage/audit.h"
 #include "storage/crypto.h"
 
 namespace tw {
@@ -260,6 +261,34 @@ class TokenStore {
   // Inserts `tokens` exactly as given (ids, schedule, state, sealed secrets; leases left out), in
   // one transaction: all or, when any id or (provider, account_id) is already stored, none.
   virtual Status write_sealed(std::span<const SealedToken> tokens) = 0;
+
+  // The audit trail (storage/audit.h). Appends `entries` in order, numbered and chained after
+  // the last row, in one transaction of their own (all or none). Concurrent appenders, in this
+  // or other processes, are serialised.
+  virtual Status append_audit(std::span<const AuditEntry> entries) = 0;
+  // Up to `limit` rows with seq > `after_seq`, in seq order; only `token_id`'s when non-empty.
+  virtual Result<std::vector<AuditRow>> read_audit(std::int64_t after_seq, std::size_t limit,
+                                                   std::string_view token_id) = 0;
+  // Where the chain starts (the last pruned row).
+  virtual Result<AuditAnchor> audit_anchor() = 0;
+  // Deletes the rows older than `before` (never the newest row), moves the anchor to the last
+  // one deleted, and appends a "prune" row by `actor` at `now`. Returns how many rows were
+  // deleted.
+  Result<std::size_t> prune_audit(SysTime before, SysTime now, std::string_view actor) {
+    auto pruned = delete_audit_before(before);
+    if (!pruned || *pruned == 0) return pruned;
+    AuditEntry e{
+        now,
+        std::string(actor),
+        "prune",
+        "",
+        "ok",
+        "deleted " + std::to_string(*pruned) + " audit rows older than " + format_time(before)};
+    if (auto st = append_audit({&e, 1}); !st) return st.error();
+    return pruned;
+  }
+  // prune_audit() without its row: deletes and moves the anchor, in one transaction.
+  virtual Result<std::size_t> delete_audit_before(SysTime before) = 0;
 
   // The schema version of the database.
   virtual Result<int> schema_version() = 0;

@@ -70,6 +70,7 @@ Result<std::unique_ptr<Daemon>> Daemon::build(const Config& config,
   options.scheduler = config.scheduler;
   options.max_in_flight = config.http.max_in_flight;
   options.summary_every = config.log.summary_every;
+  options.audit_retention = config.audit.retention;
   for (const auto& c : d->clients) {
     served.push_back(c->provider());
     clients.push_back(c.get());
@@ -85,6 +86,28 @@ Result<std::unique_ptr<Daemon>> Daemon::build(const Config& config,
                                                owner, served, d->log, timers);
   d->service = std::make_unique<ServiceNotifier>(d->clock, timers);
   return d;
+}
+
+Status Daemon::enable_api() {
+  const int fd = systemd_listen_fd();
+  if (fd < 0 && config.api.socket.empty()) return {};
+  if (config.api.allow_uids.empty() && config.api.allow_gids.empty()) {
+    return Error(Errc::kConfig,
+                 "systemd passed a socket for the local API, but api.allow_uids "
+                 "and api.allow_gids allow nobody");
+  }
+  LocalApiOptions options;
+  for (int uid : config.api.allow_uids)
+    options.allow_uids.push_back(static_cast<uid_t>(uid));
+  for (int gid : config.api.allow_gids)
+    options.allow_gids.push_back(static_cast<gid_t>(gid));
+  auto made = fd >= 0 ? LocalApi::adopt(io.get_executor(), fd, options, *store, *worker, clock, log)
+                      : LocalApi::listen(io.get_executor(), config.api.socket, options, *store,
+                                         *worker, clock, log);
+  if (!made) return made.error();
+  api = std::move(*made);
+  log->info("local API on {}", api->where());
+  return {};
 }
 
 Status Daemon::enable_notices() {
@@ -134,6 +157,7 @@ std::vector<std::string> keys_needing_restart(const Config& a, const Config& b) 
          fixed_generic(a.providers.generic) != fixed_generic(b.providers.generic));
   differ("log.format", a.log.format != b.log.format);
   differ("notify", a.notify != b.notify);
+  differ("audit", a.audit != b.audit);
   differ("debug", a.debug != b.debug);
   return keys;
 }
@@ -218,6 +242,7 @@ int Daemon::run() {
     // Notices not finished stay unmarked in the database and are sent after the restart.
     if (notices) notices->stop();
     if (notifier) notifier->shutdown();
+    if (api) api->stop();
     worker->stop(
         shutdown_grace,
         // Past the grace period, what is still in flight is cancelled: released, not failed.

@@ -14,6 +14,7 @@
 #include <boost/asio/io_context.hpp>
 #include <spdlog/logger.h>
 
+#include "api/local_api.h"
 #include "config/config.h"
 #include "core/result.h"
 #include "http/curl_transport.h"
@@ -46,6 +47,7 @@ struct Daemon {
   std::unique_ptr<ServiceNotifier> service;
   std::unique_ptr<Notifier> notifier;      // only with a notify: section, after enable_notices()
   std::unique_ptr<ReauthNotices> notices;  // feeds `notifier` from the database
+  std::unique_ptr<LocalApi> api;           // after enable_api(), when configured
 
   // Builds everything from `config`. `owner` names this process in leases. `mode`: the daemon
   // creates a missing database; the forced commands do not. Fails with the first problem (a
@@ -60,6 +62,11 @@ struct Daemon {
   // commands do not (the daemon's next scan announces what they find). Fails when the webhook
   // key cannot be read.
   Status enable_notices();
+
+  // Starts the local API (api/local_api.h) on the socket systemd passed, else on api.socket; a
+  // no-op when neither is there. Fails when the socket cannot be created, or when systemd passed
+  // one but the api section allows nobody.
+  Status enable_api();
 
   // Runs until SIGTERM or SIGINT, then stops in order: systemd is told STOPPING=1, no new work,
   // requests in flight finish within shutdown_grace, the transport shuts down, the final status

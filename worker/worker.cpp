@@ -121,6 +121,8 @@ struct Worker::Impl {
   std::unique_ptr<WakeTimer> wake_timer;
   std::unique_ptr<WakeTimer> lease_timer;
   std::unique_ptr<WakeTimer> summary_timer;
+  std::vector<AuditEntry> audit_pending;  // rows of outcomes committed this flush
+  std::optional<SysTime> last_audit_prune;
   std::unique_ptr<WakeTimer> grace_timer;
 
   std::map<Provider, Lane> lanes;
@@ -626,6 +628,47 @@ struct Worker::Impl {
         renewal_recorded(w.job, w.secrets, results[i]);
       }
     }
+    write_audit();
+  }
+
+  // The audit rows of the outcomes just committed, in one transaction of their own. A failure
+  // here costs audit rows, never an outcome: it is logged and the work goes on.
+  void write_audit() {
+    if (audit_pending.empty()) return;
+    if (auto st = store.append_audit(audit_pending); !st) {
+      log->error("{} audit row(s) not written: {}", audit_pending.size(), st.error().message());
+    }
+    audit_pending.clear();
+  }
+
+  void audit(const ActiveJob& job, const Outcome& o) {
+    const TokenRecord& r = job.job.record;
+    std::string outcome =
+        o.ok ? std::string("ok") : "failed: " + std::string(to_string(o.failure.error_class));
+    if (job.state_before != r.state) {
+      outcome += std::string(", ") + std::string(to_string(job.state_before)) + " -> " +
+                 std::string(to_string(r.state));
+    }
+    std::string detail = std::string(to_string(r.provider)) + " " + std::string(to_string(r.kind));
+    const std::string& said = o.ok ? o.note : o.failure.message;
+    if (!said.empty()) detail += ": " + said;
+    audit_pending.push_back(AuditEntry{clock.now(), scheduler.owner(), std::string(to_string(o.op)),
+                                       r.id, std::move(outcome), std::move(detail)});
+  }
+
+  // Prunes audit rows past audit.retention, at most once an hour.
+  void prune_audit() {
+    if (!options.audit_retention) return;
+    const SysTime now = clock.now();
+    if (last_audit_prune && now - *last_audit_prune < std::chrono::hours(1)) return;
+    last_audit_prune = now;
+    auto n = store.prune_audit(now - *options.audit_retention, now, scheduler.owner());
+    if (!n) {
+      log->warn("cannot prune the audit trail: {}", n.error().message());
+    } else if (*n > 0) {
+      log->info("pruned {} audit row(s) older than {}", *n,
+                format_duration(*options.audit_retention));
+    }
   }
 
   void flush_soon() {
@@ -663,6 +706,7 @@ struct Worker::Impl {
       job->renew_first = false;
     }
     log_outcome(*job, o, check_follows);
+    audit(*job, o);
     count(o);
     if (on_step) {
       on_step(StepReport{o.op, o.ok, o.ok ? ErrorClass::kNone : o.failure.error_class,
@@ -847,6 +891,7 @@ struct Worker::Impl {
   void summarise() {
     summary_timer->arm(after(options.summary_every), [this] {
       log->info("summary: {}", summary_line());
+      prune_audit();
       at_last_summary = stats();
       summarise();
     });

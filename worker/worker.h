@@ -35,6 +35,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>  // before Boost.Asio: Boost 1.74 + g++ 12 + C++20
 #include <vector>
@@ -58,6 +59,8 @@ struct WorkerOptions {
   int max_in_flight = 64;
   std::map<Provider, ProviderLimits> limits;  // for each provider with a client
   Seconds summary_every = std::chrono::minutes(5);
+  // Audit rows older than this are pruned (at most hourly, at a summary); nullopt: kept forever.
+  std::optional<Seconds> audit_retention;
 };
 
 // What the worker has done since it started.

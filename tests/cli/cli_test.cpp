@@ -2,6 +2,7 @@
 #include <filesystem>
 #include <set>
 
+#include <SQLiteCpp/SQLiteCpp.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
@@ -434,6 +435,66 @@ TEST_F(Cli, RekeyKilledInTheMiddleLosesNothingAndResumes) {
       << "only what was left: " << resumed.out;
   EXPECT_NE(resumed.out.find("make this key key.file"), std::string::npos) << resumed.out;
   EXPECT_EQ(count_and_check(KeyRing(*fresh_key)), 0u) << "the new key alone opens everything";
+}
+
+TEST_F(Cli, AuditShowsEveryActionAndVerifyFindsAnEditedRow) {
+  CliRun added = add("acct-1", "act.a\nrft.b\n");
+  ASSERT_EQ(added.exit_code, 0) << added.err;
+  const std::string id = added.out.substr(added.out.find("tok_"), 20);
+  ASSERT_EQ(run({"disable", id}).exit_code, 0);
+  ASSERT_EQ(run({"enable", id}).exit_code, 0);
+  ASSERT_EQ(add("acct-2", "act.c\nrft.d\n").exit_code, 0);
+  CliRun history = run({"audit", "--token", id});
+  ASSERT_EQ(history.exit_code, 0) << history.err;
+  EXPECT_NE(history.out.find("  add  " + id + "  ok"), std::string::npos) << history.out;
+  EXPECT_NE(history.out.find("  disable  " + id + "  active -> disabled"), std::string::npos)
+      << history.out;
+  EXPECT_NE(history.out.find("  enable  " + id + "  disabled -> active"), std::string::npos)
+      << history.out;
+  EXPECT_EQ(history.out.find("acct-2"), std::string::npos) << "only this token's rows";
+  EXPECT_NE(history.out.find("cli:"), std::string::npos) << "the actor: " << history.out;
+  EXPECT_EQ(history.out.find("rft."), std::string::npos) << "never a secret";
+  ASSERT_EQ(run({"remove", id}).exit_code, 0);
+  auto all = nlohmann::json::parse(run({"audit", "--json"}).out);
+  ASSERT_EQ(all.size(), 5u);
+  EXPECT_EQ(all[4]["action"], "remove");
+
+  CliRun ok = run({"audit", "verify"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("audit trail intact: rows 1 to 5 (5 rows); head hash "), std::string::npos)
+      << ok.out;
+  {
+    SQLite::Database db(db_path(), SQLite::OPEN_READWRITE);
+    db.exec("DROP TRIGGER audit_append_only");
+    db.exec("UPDATE audit SET outcome = 'failed: revoked' WHERE seq = 2");
+  }
+  CliRun bad = run({"audit", "verify"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("row 2 was changed after it was written"), std::string::npos) << bad.err;
+}
+
+TEST_F(Cli, TokenGetPrintsOnlyAUsableAccessToken) {
+  CliRun added = add("acct-1", "act.live\nrft.b\n", {"--expires-at", "+1h"});
+  ASSERT_EQ(added.exit_code, 0) << added.err;
+  const std::string id = added.out.substr(added.out.find("tok_"), 20);
+  CliRun got = run({"token", "get", id});
+  EXPECT_EQ(got.exit_code, 0) << got.err;
+  EXPECT_EQ(got.out, "act.live\n") << "the access token and nothing else";
+  EXPECT_EQ(got.err, "");
+  EXPECT_NE(run({"audit", "--token", id}).out.find("  read  " + id + "  ok"), std::string::npos);
+
+  CliRun expired = add("acct-2", "act.old\nrft.c\n", {"--expires-at", "2020-01-01T00:00:00Z"});
+  const std::string old_id = expired.out.substr(expired.out.find("tok_"), 20);
+  CliRun refused = run({"token", "get", old_id});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_EQ(refused.out, "");
+  EXPECT_NE(refused.err.find("expired at 2020-01-01"), std::string::npos) << refused.err;
+
+  ASSERT_EQ(run({"disable", id}).exit_code, 0);
+  CliRun disabled = run({"token", "get", id});
+  EXPECT_EQ(disabled.exit_code, 1);
+  EXPECT_NE(disabled.err.find("is disabled"), std::string::npos) << disabled.err;
+  EXPECT_EQ(run({"token", "get", "tok_0000000000000000"}).exit_code, 3);
 }
 
 TEST_F(Cli, ConfigAndKeyProblemsAreNamed) {

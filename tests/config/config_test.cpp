@@ -284,6 +284,12 @@ TEST(ConfigExample, DocumentsEveryKey) {
                           "business_app_id:",
                           "business_app_secret:",
                           "generic:",
+                          "audit:",
+                          "api:",
+                          "socket:",
+                          "allow_uids:",
+                          "allow_gids:",
+                          "retention:",
                           "type:",
                           "token_url:",
                           "client_auth:",
@@ -553,7 +559,7 @@ TEST(ConfigErrors, UnknownKeyFarFromAnyListsTheAllowedKeys) {
       {"features: {}\n",
        "test.yaml:1: features: unknown key (allowed: storage, database, key, providers, http, "
        "retry, "
-       "scheduler, status, log, notify, debug)"},
+       "scheduler, status, log, notify, api, audit, debug)"},
       {"providers:\n  facebook: {}\n",
        "test.yaml:2: providers.facebook: unknown key (allowed: meta, google, tiktok, generic)"},
   });

@@ -17,9 +17,8 @@
 #include "scheduler/policy.h"
 #include "scheduler/scheduler.h"
 #include "storage/open_store.h"
+#include "tests/support/in_process_sim.h"
 #include "tests/test_util.h"
-#include "tools/provider-sim/http_server.h"
-#include "tools/provider-sim/simulator.h"
 #include "worker/worker.h"
 
 namespace tw {
@@ -28,70 +27,7 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-// The simulator on its own io_context thread, its admin API called in-process.
-class Sim {
- public:
-  explicit Sim(bool tls, const std::string& dir) : sim_(sim::SimOptions{}, clock_) {
-    std::optional<sim::TlsFiles> files;
-    if (tls) {
-      auto written = sim::write_self_signed_certificate(dir);
-      if (!written) die(written.error().message());
-      files = *written;
-      ca_file_ = files->cert_file;
-    }
-    auto server = sim::HttpServer::start(io_, "127.0.0.1", 0, files,
-                                         [this](const sim::Request& r) { return sim_.handle(r); });
-    if (!server) die(server.error().message());
-    server_ = std::move(*server);
-    base_ = std::string(tls ? "https" : "http") + "://127.0.0.1:" + std::to_string(server_->port());
-    thread_ = std::thread([this] { io_.run(); });
-  }
-  ~Sim() {
-    server_->stop();
-    io_.stop();
-    thread_.join();
-  }
-
-  json admin(const std::string& method, const std::string& path, const json& body = {}) {
-    sim::Request r;
-    r.method = method;
-    r.target = path;
-    r.path = path.substr(0, path.find('?'));
-    if (auto q = path.find('?'); q != std::string::npos) {
-      std::stringstream pairs(path.substr(q + 1));
-      for (std::string kv; std::getline(pairs, kv, '&');) {
-        r.query[kv.substr(0, kv.find('='))] = kv.substr(kv.find('=') + 1);
-      }
-    }
-    r.body = body.is_null() ? "" : body.dump();
-    r.remote = "127.0.0.1";
-    sim::Response resp = sim_.handle(r);
-    EXPECT_EQ(resp.status, 200) << path << ": " << resp.body;
-    return json::parse(resp.body, nullptr, false);
-  }
-  json account(const std::string& provider, const std::string& id) {
-    return admin("GET", "/admin/account?provider=" + provider + "&account_id=" + id);
-  }
-  void fault(json f) { admin("POST", "/admin/fault", f); }
-  // A provider call made in-process, e.g. introspecting a token the daemon no longer holds.
-  sim::Response call(sim::Request r) {
-    r.remote = "127.0.0.1";
-    return sim_.handle(r);
-  }
-  json totals() { return admin("GET", "/admin/counters")["totals"]; }
-
-  const std::string& base() const { return base_; }
-  const std::string& ca_file() const { return ca_file_; }
-
- private:
-  SystemClock clock_;
-  sim::Simulator sim_;
-  boost::asio::io_context io_;
-  std::unique_ptr<sim::HttpServer> server_;
-  std::thread thread_;
-  std::string base_;
-  std::string ca_file_;
-};
+using testing::Sim;
 
 class ProvidersIntegration : public ::testing::TestWithParam<bool> {
  protected:
@@ -496,6 +432,18 @@ TEST_P(ProvidersIntegration, GenericOAuth2RefreshGrantRotatesAndIntrospectionFin
   EXPECT_NE(get(id).last_error_message.find("invalid_grant"), std::string::npos)
       << get(id).last_error_message;
   EXPECT_FALSE(get(id).next_check_due) << "left alone until the customer reconnects";
+
+  // Every step is in the audit trail, by this worker, with its outcome.
+  auto rows = store_->read_audit(0, 100, id);
+  ASSERT_TRUE(rows);
+  std::vector<std::string> seen;
+  for (const AuditRow& row : *rows) {
+    EXPECT_EQ(row.entry.actor, "it");
+    seen.push_back(row.entry.action + " " + row.entry.outcome);
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{"refresh ok", "refresh ok", "check ok",
+                                            "refresh failed: permanent, active -> needs_reauth"}))
+      << ::testing::PrintToString(seen);
 
   // A refused refresh token (invalid_grant) needs re-authorisation, and is not retried.
   const std::string other =

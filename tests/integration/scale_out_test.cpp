@@ -31,7 +31,7 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 using testing::ChildProcess;
-using Clock = std::chrono::steady_clock;
+using Steady = std::chrono::steady_clock;
 
 const std::vector<std::string> kScaleSecrets = {"TW_SO_GOOGLE=sim-google-secret"};
 constexpr int kScaleTokens = 60;
@@ -122,7 +122,7 @@ TEST_F(ScaleOut, ThreeDaemonsOnOnePostgresShareTheWorkAndTakeOverADeadOnesTokens
         TW_BINARY, std::vector<std::string>{"--config", config(i), "run"},
         dir_.file("daemon" + std::to_string(i) + ".err"), kScaleSecrets));
   }
-  const auto started = Clock::now();
+  const auto started = Steady::now();
   std::this_thread::sleep_for(kRefreshEvery);  // the daemons run on their own meanwhile
 
   // Kill daemon 0 while it holds leases: as soon as the store shows it working on some tokens
@@ -140,14 +140,14 @@ TEST_F(ScaleOut, ThreeDaemonsOnOnePostgresShareTheWorkAndTakeOverADeadOnesTokens
     return out;
   };
   std::map<std::string, std::int64_t> held;
-  while (held.empty() && Clock::now() - started < 4 * kRefreshEvery) {
+  while (held.empty() && Steady::now() - started < 4 * kRefreshEvery) {
     const auto rows = s->list({});
     ASSERT_TRUE(rows) << rows.error().message();
     held = leased_by_dead(*rows, SystemClock().now());
     if (held.empty()) std::this_thread::sleep_for(20ms);
   }
   daemons[0]->terminate(SIGKILL);
-  const auto killed = Clock::now();
+  const auto killed = Steady::now();
   const SysTime killed_wall = SystemClock().now();
   // What it held when it died (a claim may have landed since the look above).
   const auto at_kill = s->list({});
@@ -159,8 +159,8 @@ TEST_F(ScaleOut, ThreeDaemonsOnOnePostgresShareTheWorkAndTakeOverADeadOnesTokens
                              << testing::read_file(dir_.file("daemon0.err"));
 
   // Poll (an external process: not timing the test) until a survivor claimed each of them.
-  std::optional<Clock::duration> takeover;
-  while (Clock::now() - killed < 4 * kLease) {
+  std::optional<Steady::duration> takeover;
+  while (Steady::now() - killed < 4 * kLease) {
     const auto rows = s->list({});
     ASSERT_TRUE(rows) << rows.error().message();
     const bool all_taken = std::all_of(held.begin(), held.end(), [&](const auto& h) {
@@ -169,7 +169,7 @@ TEST_F(ScaleOut, ThreeDaemonsOnOnePostgresShareTheWorkAndTakeOverADeadOnesTokens
       return r != rows->end() && r->lease_generation > h.second;
     });
     if (all_taken) {
-      takeover = Clock::now() - killed;
+      takeover = Steady::now() - killed;
       break;
     }
     std::this_thread::sleep_for(50ms);
@@ -188,7 +188,7 @@ TEST_F(ScaleOut, ThreeDaemonsOnOnePostgresShareTheWorkAndTakeOverADeadOnesTokens
     EXPECT_EQ(daemons[static_cast<std::size_t>(i)]->terminate(SIGTERM, 20s), 0)
         << testing::read_file(dir_.file("daemon" + std::to_string(i) + ".err"));
   }
-  const auto ran = Clock::now() - started;
+  const auto ran = Steady::now() - started;
 
   const json counters = admin("GET", "/admin/counters");
   const json& totals = counters["totals"];

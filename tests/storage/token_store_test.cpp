@@ -124,6 +124,14 @@ class StoreTest : public ::testing::TestWithParam<Backend> {
       pg().exec(sql);
     }
   }
+  // Runs SQL the database must refuse.
+  void raw_exec_expect_failure(const std::string& sql) {
+    try {
+      raw_exec(sql);
+      ADD_FAILURE() << "the database accepted: " << sql;
+    } catch (const std::exception&) {
+    }
+  }
   // The rows of a query, as text.
   std::vector<std::vector<std::string>> raw_query(const std::string& sql) {
     std::vector<std::vector<std::string>> out;
@@ -249,6 +257,66 @@ TEST_P(StoreTest, MigratesAVersionOneDatabaseKeepingItsTokens) {
   ASSERT_EQ(claimed->size(), 1u) << "claimed by its name alone";
   EXPECT_EQ((*claimed)[0].record.provider, acme);
   EXPECT_EQ((*claimed)[0].record.account_id, "a1");
+}
+
+// The audit trail: numbered and chained rows, a token's history, pruning that keeps the chain
+// verifiable, and every kind of tampering found.
+TEST_P(StoreTest, AuditTrailIsChainedPrunedAndTamperingIsFound) {
+  auto store = open(key_);
+  ASSERT_TRUE(store);
+  auto verify = [&]() {
+    auto anchor = store->audit_anchor();
+    EXPECT_TRUE(anchor);
+    AuditVerifier v(*anchor);
+    auto rows = store->read_audit(0, 1000, "");
+    EXPECT_TRUE(rows);
+    const std::vector<AuditRow> list = rows ? std::move(*rows) : std::vector<AuditRow>{};
+    for (const AuditRow& r : list)
+      v.add(r);
+    return v.problem();
+  };
+  std::vector<AuditEntry> entries;
+  for (int i = 0; i < 10; ++i) {
+    entries.push_back(AuditEntry{kStoreNow + std::chrono::hours(i), "daemon:h:1",
+                                 i % 2 == 0 ? "refresh" : "check",
+                                 i % 3 == 0 ? "tok_00000000000000a1" : "tok_00000000000000b2", "ok",
+                                 "tiktok business_token"});
+  }
+  ASSERT_TRUE(store->append_audit({entries.data(), 6}));
+  ASSERT_TRUE(store->append_audit(std::span(entries).subspan(6)));
+  auto all = store->read_audit(0, 100, "");
+  ASSERT_TRUE(all);
+  ASSERT_EQ(all->size(), 10u);
+  EXPECT_EQ(all->front().seq, 1);
+  EXPECT_EQ(all->back().seq, 10);
+  EXPECT_EQ(all->back().entry, entries.back());
+  EXPECT_EQ((*all)[6].prev_hash, (*all)[5].hash) << "the second append continues the chain";
+  EXPECT_EQ(store->read_audit(0, 100, "tok_00000000000000a1")->size(), 4u);
+  EXPECT_EQ(store->read_audit(8, 100, "")->size(), 2u);
+  EXPECT_EQ(verify(), "");
+
+  // Pruning keeps the chain verifiable from its anchor, and says so in a row of its own.
+  auto pruned =
+      store->prune_audit(kStoreNow + std::chrono::hours(4), kStoreNow + 10h, "daemon:h:1");
+  ASSERT_TRUE(pruned) << pruned.error().message();
+  EXPECT_EQ(*pruned, 4u);
+  EXPECT_EQ(store->audit_anchor()->seq, 4);
+  EXPECT_EQ(store->read_audit(0, 100, "")->front().seq, 5);
+  EXPECT_EQ(store->read_audit(0, 100, "")->back().entry.action, "prune");
+  EXPECT_EQ(verify(), "");
+
+  // Rows are never updated: the database refuses it.
+  raw_exec_expect_failure("UPDATE audit SET detail = 'x' WHERE seq = 7");
+  // Someone who drops that guard and edits a row, or deletes one, is found.
+  raw_exec(sqlite() ? "DROP TRIGGER audit_append_only" : "DROP TRIGGER audit_append_only ON audit");
+  raw_exec("UPDATE audit SET outcome = 'failed: revoked' WHERE seq = 7");
+  EXPECT_EQ(verify(), "row 7 was changed after it was written");
+  raw_exec("UPDATE audit SET outcome = 'ok' WHERE seq = 7");
+  EXPECT_EQ(verify(), "");
+  raw_exec("DELETE FROM audit WHERE seq = 8");
+  EXPECT_EQ(verify(), "row 8 is missing (deleted)");
+  raw_exec("DELETE FROM audit WHERE seq <= 6");
+  EXPECT_EQ(verify(), "rows 5 to 6 are missing (deleted)") << "the oldest rows, without a prune";
 }
 
 TEST_P(StoreTest, RefusesADatabaseFromANewerVersion) {
@@ -456,10 +524,12 @@ TEST_P(StoreTest, CountsKeptByTriggersMatchAScan) {
   if (sqlite()) {
     raw_exec(
         "DROP TRIGGER tokens_count_insert; DROP TRIGGER tokens_count_delete; "
-        "DROP TRIGGER tokens_count_update; DROP TABLE token_counts; PRAGMA user_version = 4;");
+        "DROP TRIGGER tokens_count_update; DROP TABLE token_counts; DROP TABLE audit; "
+        "DROP TABLE audit_anchor; PRAGMA user_version = 4;");
   } else {
     raw_exec(
-        "DROP TABLE token_counts; DROP FUNCTION tokens_count() CASCADE; "
+        "DROP TABLE token_counts; DROP FUNCTION tokens_count() CASCADE; DROP TABLE audit; "
+        "DROP TABLE audit_anchor; DROP FUNCTION audit_append_only() CASCADE; "
         "UPDATE tokenwarden_schema SET version = 4;");
   }
   store.reset();

@@ -138,6 +138,17 @@ class FaultyStore final : public TokenStore {
   Result<std::size_t> count_sealed_with_old_keys() override {
     return inner_.count_sealed_with_old_keys();
   }
+  Status append_audit(std::span<const AuditEntry> entries) override {
+    return inner_.append_audit(entries);
+  }
+  Result<std::vector<AuditRow>> read_audit(std::int64_t after_seq, std::size_t limit,
+                                           std::string_view token_id) override {
+    return inner_.read_audit(after_seq, limit, token_id);
+  }
+  Result<AuditAnchor> audit_anchor() override { return inner_.audit_anchor(); }
+  Result<std::size_t> delete_audit_before(SysTime before) override {
+    return inner_.delete_audit_before(before);
+  }
 
  private:
   TokenStore& inner_;
