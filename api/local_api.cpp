@@ -28,15 +28,22 @@ std::string error_body(std::string_view message) {
   return nlohmann::json{{"error", message}}.dump();
 }
 
-// `s` as the inside of a JSON string.
-std::string json_escaped(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
+// Appends `s` to `out` as the inside of a JSON string.
+void append_escaped(std::string& out, std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
   for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (u < 0x20) {
+      out += "\\u00";
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    } else {
+      out += c;
+    }
   }
-  return out;
 }
 
 }  // namespace
@@ -102,13 +109,19 @@ class LocalApi::Session : public std::enable_shared_from_this<Session> {
     if (!refresh) return answer(id);
     api_.refresh(id, [self = shared_from_this(), id](const ForcedResult& r) {
       if (!*self->alive_) return self->close();
-      if (r.status == ForcedResult::Status::kNotFound) {
+      using S = ForcedResult::Status;
+      if (r.status == S::kNotFound) {
         return self->respond(http::status::not_found, error_body("no token " + id));
       }
-      if (r.status != ForcedResult::Status::kOk) {
+      if (r.status != S::kOk) {
+        // Busy: another process holds the token (try again); refused: it is not renewed (an API
+        // key, a disabled token); cancelled: shutting down; failed: the provider said no.
+        const http::status status = r.status == S::kBusy || r.status == S::kRefused
+                                        ? http::status::conflict
+                                    : r.status == S::kCancelled ? http::status::service_unavailable
+                                                                : http::status::bad_gateway;
         return self->respond(
-            http::status::bad_gateway,
-            nlohmann::json{{"error", r.message}, {"state", to_string(r.state)}}.dump());
+            status, nlohmann::json{{"error", r.message}, {"state", to_string(r.state)}}.dump());
       }
       self->answer(id);
     });
@@ -133,11 +146,15 @@ class LocalApi::Session : public std::enable_shared_from_this<Session> {
                        {"state", to_string(r.state)},
                        {"expires_at", r.expires_at ? nlohmann::json(format_time(*r.expires_at))
                                                    : nlohmann::json(nullptr)}};
-    // The secret goes in last, by hand, so that no JSON object keeps a copy of it.
-    std::string body = doc.dump();
-    body.pop_back();
+    // The secret goes in last, by hand and reserved up front, so that no JSON object and no
+    // reallocated buffer keeps a copy of it (the body is wiped once sent).
+    const std::string head = doc.dump();
+    const std::string_view secret = got->token->access_token.reveal();
+    std::string body;
+    body.reserve(head.size() + 6 * secret.size() + 20);
+    body.append(head, 0, head.size() - 1);
     body += ",\"access_token\":\"";
-    body += json_escaped(got->token->access_token.reveal());
+    append_escaped(body, secret);
     body += "\"}";
     respond(http::status::ok, std::move(body));
   }
@@ -203,11 +220,15 @@ Result<std::unique_ptr<LocalApi>> LocalApi::listen(boost::asio::any_io_executor 
     if (!S_ISSOCK(st.st_mode)) {
       return Error(Errc::kAlreadyExists, "api.socket " + path + " exists and is not a socket");
     }
-    // A socket file nobody answers on is left over from a crash; one that answers is in use.
+    // A socket file refusing connections is left over from a crash; anything else (it answers,
+    // or we may not connect) is someone's: left alone.
     local::socket probe(executor);
     boost::system::error_code ec;
     probe.connect(local::endpoint(path), ec);
-    if (!ec) return Error(Errc::kAlreadyExists, "api.socket " + path + " is in use");
+    if (ec != boost::asio::error::connection_refused) {
+      return Error(Errc::kAlreadyExists, "api.socket " + path + " is in use" +
+                                             (ec ? " (" + ec.message() + ")" : std::string()));
+    }
     ::unlink(path.c_str());
   }
   std::unique_ptr<LocalApi> api(
@@ -217,10 +238,11 @@ Result<std::unique_ptr<LocalApi>> LocalApi::listen(boost::asio::any_io_executor 
   if (!ec) api->acceptor_.bind(local::endpoint(path), ec);
   if (!ec) api->acceptor_.listen(boost::asio::socket_base::max_listen_connections, ec);
   if (ec) return Error(Errc::kIo, "api.socket " + path + ": " + ec.message());
-  if (::chmod(path.c_str(), 0660) != 0) {
+  if (::chmod(path.c_str(), 0660) != 0 || ::lstat(path.c_str(), &st) != 0) {
     return Error(Errc::kIo, "api.socket " + path + ": cannot set its mode to 0660");
   }
   api->path_ = path;
+  api->inode_ = {st.st_dev, st.st_ino};
   api->where_ = path;
   api->accept();
   return api;
@@ -243,9 +265,24 @@ Result<std::unique_ptr<LocalApi>> LocalApi::adopt(boost::asio::any_io_executor e
 void LocalApi::stop() {
   boost::system::error_code ignored;
   acceptor_.close(ignored);
-  if (!path_.empty()) {
+  // Our socket file only: another process may have replaced it since.
+  struct stat st {};
+  if (!path_.empty() && ::lstat(path_.c_str(), &st) == 0 && st.st_dev == inode_.first &&
+      st.st_ino == inode_.second) {
     ::unlink(path_.c_str());
-    path_.clear();
+  }
+  path_.clear();
+  // Callers still waiting for a renewal are answered now: the worker stops without calling back.
+  auto waiting = std::move(refreshing_);
+  refreshing_.clear();
+  ForcedResult cancelled;
+  cancelled.op = Operation::kRefresh;
+  cancelled.status = ForcedResult::Status::kCancelled;
+  cancelled.message = "tokenwarden is shutting down";
+  for (auto& [id, waiters] : waiting) {
+    cancelled.id = id;
+    for (auto& w : waiters)
+      w(cancelled);
   }
 }
 
@@ -270,6 +307,7 @@ void LocalApi::refresh(const std::string& id, std::function<void(const ForcedRes
                   [this, alive = alive_, id](std::vector<ForcedResult> results) {
                     if (!*alive) return;
                     auto node = refreshing_.extract(id);
+                    if (node.empty()) return;  // answered by stop()
                     ForcedResult r = results.empty() ? ForcedResult{} : results.front();
                     for (auto& waiter : node.mapped())
                       waiter(r);

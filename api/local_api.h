@@ -6,12 +6,14 @@
 //   POST /v1/tokens/{id}/refresh  renews now, then answers as GET. A renewal of that token
 //                                 already under way through this API is joined, not repeated:
 //                                 50 concurrent calls make one provider request. 502 when the
-//                                 renewal failed.
+//                                 renewal failed; 409 when the token is not renewed (an API key,
+//                                 disabled) or held by another process (try again); 503 when
+//                                 shutting down.
 //
 // Peers: the kernel's SO_PEERCRED identity of the connecting process is checked against
 // allow_uids and allow_gids (its primary group); anyone else gets 403 and nothing more. Every
 // token handed out is an audit row ("read", actor "api:uid=U,pid=P"). One request per connection
-// (Connection: close), 10 s to send it, 4 KiB at most.
+// (Connection: close), 10 s to send it, 4 KiB of headers and 4 KiB of body at most.
 //
 // Thread-safety: everything runs on the executor given at construction (the daemon's loop);
 // stop() must be called there too. The store, worker and clock must outlive it.
@@ -82,6 +84,7 @@ class LocalApi {
   std::shared_ptr<spdlog::logger> log_;
   std::string where_;
   std::string path_;  // the socket file we created (removed by stop()); empty when adopted
+  std::pair<dev_t, ino_t> inode_{};  // of path_, so that stop() removes only our own file
   std::map<std::string, std::vector<std::function<void(const ForcedResult&)>>> refreshing_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

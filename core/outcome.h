@@ -35,6 +35,9 @@ struct Outcome {
   std::optional<TokenSecrets> secrets;
   std::optional<SysTime> expires_at;
   std::optional<SysTime> refresh_expires_at;
+  // The new access token's expiry is unknown (no expires_in): the stored expiry, which was the
+  // old token's, is cleared instead of kept.
+  bool expiry_unknown = false;
   std::optional<std::string> scopes;
   std::string note;  // one line for the log, e.g. "refresh token rotated"
   // The provider asks everyone to slow down for this long (Meta's usage headers near 100%, a

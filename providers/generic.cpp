@@ -264,6 +264,8 @@ class GenericClient final : public ProviderClient {
     if (!refresh_grant) o.note = "new client-credentials token";
     if (auto in = providers::int_field(doc, "expires_in"); in && *in > 0) {
       o.expires_at = now + Seconds{*in};
+    } else {
+      o.expiry_unknown = true;  // the old token's expiry says nothing about the new one
     }
     if (auto scope = providers::string_field(doc, "scope"); !scope.empty()) o.scopes = scope;
     o.secrets = std::move(fresh);

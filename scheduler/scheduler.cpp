@@ -81,6 +81,7 @@ TokenRecord Scheduler::recorded(const Job& job, const Outcome& outcome, bool las
     // What the provider said about the token holds whenever it came with new secrets, even if a
     // later step failed: the stored expiry must match the stored secret.
     if (outcome.expires_at) next.expires_at = outcome.expires_at;
+    if (outcome.expiry_unknown) next.expires_at.reset();
     if (outcome.refresh_expires_at) next.refresh_expires_at = outcome.refresh_expires_at;
     if (outcome.scopes) next.scopes = *outcome.scopes;
   }

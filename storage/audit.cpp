@@ -53,6 +53,52 @@ std::string audit_hash_hex(const AuditHash& h) {
   return out;
 }
 
+std::string audit_prune_detail(std::size_t deleted, SysTime before, const AuditAnchor& anchor) {
+  return "deleted " + std::to_string(deleted) + " audit rows older than " + format_time(before) +
+         "; the chain now starts after row " + std::to_string(anchor.seq) + " (hash " +
+         audit_hash_hex(anchor.hash) + ")";
+}
+
+namespace {
+
+// The anchor a prune row's detail names, if it names one.
+std::optional<AuditAnchor> anchor_named(const std::string& detail) {
+  const std::string_view after = "after row ";
+  const auto at = detail.find(after);
+  const auto hash_at = detail.find("(hash ", at);
+  if (at == std::string::npos || hash_at == std::string::npos) return std::nullopt;
+  AuditAnchor a;
+  try {
+    a.seq = std::stoll(detail.substr(at + after.size()));
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  const std::string hex = detail.substr(hash_at + 6, 64);
+  if (hex.size() != 64) return std::nullopt;
+  for (std::size_t i = 0; i < a.hash.size(); ++i) {
+    try {
+      a.hash[i] = static_cast<std::uint8_t>(std::stoul(hex.substr(2 * i, 2), nullptr, 16));
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  }
+  return a;
+}
+
+}  // namespace
+
+void AuditVerifier::finish() {
+  if (!problem_.empty() || anchor_.seq == 0) return;
+  if (rows_ == 0) {
+    problem_ = "every row was deleted (rows 1 to " + std::to_string(anchor_.seq) +
+               " are recorded as pruned, and pruning always keeps the newest)";
+  } else if (!named_by_prune_ || named_by_prune_->seq != anchor_.seq ||
+             named_by_prune_->hash != anchor_.hash) {
+    problem_ = "the chain's starting point (after row " + std::to_string(anchor_.seq) +
+               ") is not the one the last prune recorded: rows were deleted by hand";
+  }
+}
+
 void AuditVerifier::add(const AuditRow& row) {
   if (!problem_.empty()) return;
   if (rows_ == 0) first_seq_ = row.seq;
@@ -74,6 +120,7 @@ void AuditVerifier::add(const AuditRow& row) {
   if (!problem_.empty()) return;
   prev_ = row.hash;
   expected_seq_ = row.seq + 1;
+  if (row.entry.action == "prune") named_by_prune_ = anchor_named(row.entry.detail);
 }
 
 }  // namespace tw

@@ -50,6 +50,10 @@ struct AuditAnchor {
   AuditHash hash{};
 };
 
+// The detail of a "prune" row: how many rows went, and the anchor the chain now starts from,
+// which `audit verify` compares with the stored anchor (moving it by hand is then found).
+std::string audit_prune_detail(std::size_t deleted, SysTime before, const AuditAnchor& anchor);
+
 // The hash row `seq` must carry.
 AuditHash audit_hash(std::int64_t seq, const AuditEntry& e, const AuditHash& prev);
 std::string audit_hash_hex(const AuditHash& h);
@@ -57,8 +61,12 @@ std::string audit_hash_hex(const AuditHash& h);
 // Checks rows fed in seq order against the chain from `anchor`. The first break is kept.
 class AuditVerifier {
  public:
-  explicit AuditVerifier(AuditAnchor anchor) : expected_seq_(anchor.seq + 1), prev_(anchor.hash) {}
+  explicit AuditVerifier(AuditAnchor anchor)
+      : anchor_(anchor), expected_seq_(anchor.seq + 1), prev_(anchor.hash) {}
   void add(const AuditRow& row);
+  // After the last row: checks the anchor against the newest prune row, and that an anchor past
+  // row 0 left rows behind (pruning never deletes the newest one).
+  void finish();
   // Empty while intact; else what broke first ("row 17 was changed", ...).
   const std::string& problem() const { return problem_; }
   std::int64_t rows() const { return rows_; }
@@ -66,6 +74,8 @@ class AuditVerifier {
   const AuditHash& head() const { return prev_; }
 
  private:
+  AuditAnchor anchor_;
+  std::optional<AuditAnchor> named_by_prune_;  // by the newest prune row seen
   std::int64_t expected_seq_;
   AuditHash prev_;
   std::int64_t rows_ = 0;

@@ -394,6 +394,9 @@ struct PgTokenStore::Impl {
     return *conn;
   }
 
+  // Appends audit rows after the chain's head, in `t` (pg_token_store.cpp, with the others).
+  void append_audit_rows(pqxx::work& t, std::span<const AuditEntry> entries);
+
   // Runs `sql` with `params` in `t` as a prepared statement (prepared on first use).
   pqxx::result exec(pqxx::transaction_base& t, const std::string& sql, const Params& params = {}) {
     auto it = prepared.find(sql);
@@ -1213,36 +1216,40 @@ Blob blob_of(const AuditHash& h) {
 
 }  // namespace
 
+// Appends `entries` after the audit chain's head, inside `t`, under the audit lock (taken here).
+void PgTokenStore::Impl::append_audit_rows(pqxx::work& t, std::span<const AuditEntry> entries) {
+  t.exec(kAuditLock);
+  const pqxx::result head =
+      exec(t,
+           "SELECT seq, hash FROM (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1) h "
+           "UNION ALL SELECT seq, hash FROM audit_anchor ORDER BY seq DESC LIMIT 1");
+  std::int64_t seq = head.empty() ? 0 : head[0][0].as<std::int64_t>();
+  AuditHash prev = head.empty() ? AuditHash{} : hash_field(head[0][1]);
+  for (const AuditEntry& e : entries) {
+    ++seq;
+    const AuditHash hash = audit_hash(seq, e, prev);
+    exec(t,
+         "INSERT INTO audit VALUES ($1::bigint, $2::bigint, $3, $4, $5, $6, $7, $8::bytea, "
+         "$9::bytea)",
+         Params()
+             .int64(seq)
+             .int64(to_unix(e.at))
+             .text(e.actor)
+             .text(e.action)
+             .text(e.token_id)
+             .text(e.outcome)
+             .text(e.detail)
+             .blob(blob_of(prev))
+             .blob(blob_of(hash)));
+    prev = hash;
+  }
+}
+
 Status PgTokenStore::append_audit(std::span<const AuditEntry> entries) {
   if (entries.empty()) return Ok();
   return impl_->guarded("writing the audit trail", [&]() -> Status {
     pqxx::work t(*impl_->conn);
-    t.exec(kAuditLock);
-    const pqxx::result head = impl_->exec(
-        t,
-        "SELECT seq, hash FROM (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1) h "
-        "UNION ALL SELECT seq, hash FROM audit_anchor ORDER BY seq DESC LIMIT 1",
-        Params());
-    std::int64_t seq = head.empty() ? 0 : head[0][0].as<std::int64_t>();
-    AuditHash prev = head.empty() ? AuditHash{} : hash_field(head[0][1]);
-    for (const AuditEntry& e : entries) {
-      ++seq;
-      const AuditHash hash = audit_hash(seq, e, prev);
-      impl_->exec(t,
-                  "INSERT INTO audit VALUES ($1::bigint, $2::bigint, $3, $4, $5, $6, $7, "
-                  "$8::bytea, $9::bytea)",
-                  Params()
-                      .int64(seq)
-                      .int64(to_unix(e.at))
-                      .text(e.actor)
-                      .text(e.action)
-                      .text(e.token_id)
-                      .text(e.outcome)
-                      .text(e.detail)
-                      .blob(blob_of(prev))
-                      .blob(blob_of(hash)));
-      prev = hash;
-    }
+    impl_->append_audit_rows(t, entries);
     t.commit();
     return Ok();
   });
@@ -1293,24 +1300,31 @@ Result<AuditAnchor> PgTokenStore::audit_anchor() {
   });
 }
 
-Result<std::size_t> PgTokenStore::delete_audit_before(SysTime before) {
+Result<std::size_t> PgTokenStore::prune_audit(SysTime before, std::size_t max_rows, SysTime now,
+                                              std::string_view actor) {
   return impl_->guarded("pruning the audit trail", [&]() -> Result<std::size_t> {
     pqxx::work t(*impl_->conn);
     t.exec(kAuditLock);
-    const pqxx::result last =
-        impl_->exec(t,
-                    "SELECT seq, hash FROM audit WHERE at < $1::bigint AND "
-                    "seq < (SELECT MAX(seq) FROM audit) ORDER BY seq DESC LIMIT 1",
-                    Params().int64(to_unix(before)));
+    // The oldest unbroken run of rows written before `before`, at most max_rows, never the head.
+    const pqxx::result last = impl_->exec(
+        t,
+        "SELECT seq, hash FROM (SELECT seq, hash FROM audit ORDER BY seq LIMIT $2::bigint) o "
+        "WHERE seq < (SELECT MAX(seq) FROM audit) AND seq < "
+        "coalesce((SELECT MIN(seq) FROM audit WHERE at >= $1::bigint), 4611686018427387904) "
+        "ORDER BY seq DESC LIMIT 1",
+        Params().int64(to_unix(before)).int64(static_cast<std::int64_t>(max_rows)));
     if (last.empty()) return std::size_t{0};
-    const std::int64_t through = last[0][0].as<std::int64_t>();
-    const AuditHash hash = hash_field(last[0][1]);
+    const AuditAnchor anchor{last[0][0].as<std::int64_t>(), hash_field(last[0][1])};
     const pqxx::result del =
-        impl_->exec(t, "DELETE FROM audit WHERE seq <= $1::bigint", Params().int64(through));
+        impl_->exec(t, "DELETE FROM audit WHERE seq <= $1::bigint", Params().int64(anchor.seq));
+    const auto n = static_cast<std::size_t>(del.affected_rows());
     impl_->exec(t, "UPDATE audit_anchor SET seq = $1::bigint, hash = $2::bytea",
-                Params().int64(through).blob(blob_of(hash)));
+                Params().int64(anchor.seq).blob(blob_of(anchor.hash)));
+    const AuditEntry row{
+        now, std::string(actor), "prune", "", "ok", audit_prune_detail(n, before, anchor)};
+    impl_->append_audit_rows(t, {&row, 1});
     t.commit();
-    return static_cast<std::size_t>(del.affected_rows());
+    return n;
   });
 }
 

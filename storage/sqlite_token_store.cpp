@@ -604,6 +604,9 @@ struct SqliteTokenStore::Impl {
 
   Result<int> user_version() { return db->execAndGet("PRAGMA user_version").getInt(); }
 
+  // Appends `entries` after the audit chain's head, inside the caller's write transaction.
+  void append_audit_rows(std::span<const AuditEntry> entries);
+
   Status migrate(const std::string& path) {
     int version = db->execAndGet("PRAGMA user_version").getInt();
     int latest = static_cast<int>(kMigrations.size());
@@ -1102,36 +1105,7 @@ Status SqliteTokenStore::append_audit(std::span<const AuditEntry> entries) {
   if (entries.empty()) return Ok();
   return guarded("writing the audit trail", [&]() -> Status {
     SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
-    std::int64_t seq = 0;
-    AuditHash prev{};
-    {
-      Cached h_held = impl_->cached(
-          "SELECT seq, hash FROM audit UNION ALL SELECT seq, hash FROM audit_anchor "
-          "ORDER BY seq DESC LIMIT 1");
-      SQLite::Statement& h = *h_held;
-      if (h.executeStep()) {
-        seq = h.getColumn(0).getInt64();
-        prev = hash_column(h.getColumn(1));
-      }
-    }
-    for (const AuditEntry& e : entries) {
-      ++seq;
-      const AuditHash hash = audit_hash(seq, e, prev);
-      Cached q_held =
-          impl_->cached("INSERT INTO audit VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
-      SQLite::Statement& q = *q_held;
-      q.bind(1, seq);
-      q.bind(2, static_cast<std::int64_t>(to_unix(e.at)));
-      q.bind(3, e.actor);
-      q.bind(4, e.action);
-      q.bind(5, e.token_id);
-      q.bind(6, e.outcome);
-      q.bind(7, e.detail);
-      q.bind(8, prev.data(), static_cast<int>(prev.size()));
-      q.bind(9, hash.data(), static_cast<int>(hash.size()));
-      q.exec();
-      prev = hash;
-    }
+    impl_->append_audit_rows(entries);
     tx.commit();
     return Ok();
   });
@@ -1180,28 +1154,67 @@ Result<AuditAnchor> SqliteTokenStore::audit_anchor() {
   });
 }
 
-Result<std::size_t> SqliteTokenStore::delete_audit_before(SysTime before) {
+Result<std::size_t> SqliteTokenStore::prune_audit(SysTime before, std::size_t max_rows, SysTime now,
+                                                  std::string_view actor) {
   return guarded("pruning the audit trail", [&]() -> Result<std::size_t> {
     SQLite::Transaction tx(*impl_->db, SQLite::TransactionBehavior::IMMEDIATE);
-    // The last row to delete: older than `before`, and never the newest (the chain's head).
+    // The oldest unbroken run of rows written before `before`, at most max_rows, never the head.
     SQLite::Statement last(*impl_->db,
-                           "SELECT seq, hash FROM audit WHERE at < ?1 AND "
-                           "seq < (SELECT MAX(seq) FROM audit) ORDER BY seq DESC LIMIT 1");
+                           "SELECT seq, hash FROM (SELECT seq, hash, at FROM audit ORDER BY seq "
+                           "LIMIT ?2) WHERE seq < (SELECT MAX(seq) FROM audit) AND seq < "
+                           "coalesce((SELECT MIN(seq) FROM audit WHERE at >= ?1), 1 << 62) "
+                           "ORDER BY seq DESC LIMIT 1");
     last.bind(1, static_cast<std::int64_t>(to_unix(before)));
+    last.bind(2, static_cast<std::int64_t>(max_rows));
     if (!last.executeStep()) return std::size_t{0};
-    const std::int64_t through = last.getColumn(0).getInt64();
-    const AuditHash hash = hash_column(last.getColumn(1));
+    const AuditAnchor anchor{last.getColumn(0).getInt64(), hash_column(last.getColumn(1))};
     last.reset();
     SQLite::Statement del(*impl_->db, "DELETE FROM audit WHERE seq <= ?1");
-    del.bind(1, through);
-    const int n = del.exec();
-    SQLite::Statement anchor(*impl_->db, "UPDATE audit_anchor SET seq = ?1, hash = ?2");
-    anchor.bind(1, through);
-    anchor.bind(2, hash.data(), static_cast<int>(hash.size()));
-    anchor.exec();
+    del.bind(1, anchor.seq);
+    const auto n = static_cast<std::size_t>(del.exec());
+    SQLite::Statement move(*impl_->db, "UPDATE audit_anchor SET seq = ?1, hash = ?2");
+    move.bind(1, anchor.seq);
+    move.bind(2, anchor.hash.data(), static_cast<int>(anchor.hash.size()));
+    move.exec();
+    const AuditEntry row{
+        now, std::string(actor), "prune", "", "ok", audit_prune_detail(n, before, anchor)};
+    impl_->append_audit_rows({&row, 1});
     tx.commit();
-    return static_cast<std::size_t>(n);
+    return n;
   });
+}
+
+void SqliteTokenStore::Impl::append_audit_rows(std::span<const AuditEntry> entries) {
+  Impl& impl = *this;
+  std::int64_t seq = 0;
+  AuditHash prev{};
+  {
+    Cached h_held = impl.cached(
+        "SELECT seq, hash FROM audit UNION ALL SELECT seq, hash FROM audit_anchor "
+        "ORDER BY seq DESC LIMIT 1");
+    SQLite::Statement& h = *h_held;
+    if (h.executeStep()) {
+      seq = h.getColumn(0).getInt64();
+      prev = hash_column(h.getColumn(1));
+    }
+  }
+  for (const AuditEntry& e : entries) {
+    ++seq;
+    const AuditHash hash = audit_hash(seq, e, prev);
+    Cached q_held = impl.cached("INSERT INTO audit VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+    SQLite::Statement& q = *q_held;
+    q.bind(1, seq);
+    q.bind(2, static_cast<std::int64_t>(to_unix(e.at)));
+    q.bind(3, e.actor);
+    q.bind(4, e.action);
+    q.bind(5, e.token_id);
+    q.bind(6, e.outcome);
+    q.bind(7, e.detail);
+    q.bind(8, prev.data(), static_cast<int>(prev.size()));
+    q.bind(9, hash.data(), static_cast<int>(hash.size()));
+    q.exec();
+    prev = hash;
+  }
 }
 
 Result<std::size_t> SqliteTokenStore::count_sealed_with_old_keys() {

@@ -73,7 +73,8 @@ class SqliteTokenStore final : public TokenStore {
   Result<std::vector<AuditRow>> read_audit(std::int64_t after_seq, std::size_t limit,
                                            std::string_view token_id) override;
   Result<AuditAnchor> audit_anchor() override;
-  Result<std::size_t> delete_audit_before(SysTime before) override;
+  Result<std::size_t> prune_audit(SysTime before, std::size_t max_rows, SysTime now,
+                                  std::string_view actor) override;
 
   Result<std::vector<SealedToken>> read_sealed(std::string_view after_id,
                                                std::size_t limit) override;

@@ -271,24 +271,13 @@ class TokenStore {
                                                    std::string_view token_id) = 0;
   // Where the chain starts (the last pruned row).
   virtual Result<AuditAnchor> audit_anchor() = 0;
-  // Deletes the rows older than `before` (never the newest row), moves the anchor to the last
-  // one deleted, and appends a "prune" row by `actor` at `now`. Returns how many rows were
-  // deleted.
-  Result<std::size_t> prune_audit(SysTime before, SysTime now, std::string_view actor) {
-    auto pruned = delete_audit_before(before);
-    if (!pruned || *pruned == 0) return pruned;
-    AuditEntry e{
-        now,
-        std::string(actor),
-        "prune",
-        "",
-        "ok",
-        "deleted " + std::to_string(*pruned) + " audit rows older than " + format_time(before)};
-    if (auto st = append_audit({&e, 1}); !st) return st.error();
-    return pruned;
-  }
-  // prune_audit() without its row: deletes and moves the anchor, in one transaction.
-  virtual Result<std::size_t> delete_audit_before(SysTime before) = 0;
+  // Deletes, in one transaction, up to `max_rows` of the oldest rows, stopping at the first row
+  // written at or after `before` (so a clock that ran behind never deletes newer rows) and never
+  // deleting the newest row; moves the anchor to the last one deleted; and appends a "prune" row
+  // by `actor` at `now` that names the new anchor (audit_prune_detail). Returns how many rows
+  // were deleted; fewer than `max_rows` means nothing more is old enough.
+  virtual Result<std::size_t> prune_audit(SysTime before, std::size_t max_rows, SysTime now,
+                                          std::string_view actor) = 0;
 
   // The schema version of the database.
   virtual Result<int> schema_version() = 0;

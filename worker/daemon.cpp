@@ -92,9 +92,12 @@ Status Daemon::enable_api() {
   const int fd = systemd_listen_fd();
   if (fd < 0 && config.api.socket.empty()) return {};
   if (config.api.allow_uids.empty() && config.api.allow_gids.empty()) {
-    return Error(Errc::kConfig,
-                 "systemd passed a socket for the local API, but api.allow_uids "
-                 "and api.allow_gids allow nobody");
+    // Renewals matter more than the API: run without it, loudly.
+    log->error(
+        "systemd passed a socket for the local API, but api.allow_uids and "
+        "api.allow_gids allow nobody: the API is off");
+    ::close(fd);
+    return {};
   }
   LocalApiOptions options;
   for (int uid : config.api.allow_uids)
@@ -157,6 +160,7 @@ std::vector<std::string> keys_needing_restart(const Config& a, const Config& b) 
          fixed_generic(a.providers.generic) != fixed_generic(b.providers.generic));
   differ("log.format", a.log.format != b.log.format);
   differ("notify", a.notify != b.notify);
+  differ("api", a.api != b.api);
   differ("audit", a.audit != b.audit);
   differ("debug", a.debug != b.debug);
   return keys;

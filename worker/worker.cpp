@@ -123,6 +123,7 @@ struct Worker::Impl {
   std::unique_ptr<WakeTimer> summary_timer;
   std::vector<AuditEntry> audit_pending;  // rows of outcomes committed this flush
   std::optional<SysTime> last_audit_prune;
+  std::unique_ptr<WakeTimer> prune_timer;  // the next batch of a large prune
   std::unique_ptr<WakeTimer> grace_timer;
 
   std::map<Provider, Lane> lanes;
@@ -656,18 +657,32 @@ struct Worker::Impl {
                                        r.id, std::move(outcome), std::move(detail)});
   }
 
-  // Prunes audit rows past audit.retention, at most once an hour.
+  // Prunes audit rows past audit.retention, at most once an hour, 10,000 rows per transaction
+  // and per loop turn (a second apart), so that a large backlog never holds up renewals.
   void prune_audit() {
     if (!options.audit_retention) return;
     const SysTime now = clock.now();
     if (last_audit_prune && now - *last_audit_prune < std::chrono::hours(1)) return;
     last_audit_prune = now;
-    auto n = store.prune_audit(now - *options.audit_retention, now, scheduler.owner());
+    prune_audit_step(now - *options.audit_retention, 0);
+  }
+
+  void prune_audit_step(SysTime before, std::size_t so_far) {
+    constexpr std::size_t kBatch = 10000;
+    auto n = store.prune_audit(before, kBatch, clock.now(), scheduler.owner());
     if (!n) {
       log->warn("cannot prune the audit trail: {}", n.error().message());
-    } else if (*n > 0) {
-      log->info("pruned {} audit row(s) older than {}", *n,
-                format_duration(*options.audit_retention));
+      return;
+    }
+    so_far += *n;
+    if (*n == kBatch && !stopping) {
+      prune_timer = make_timer();
+      prune_timer->arm(after(std::chrono::seconds(1)),
+                       [this, before, so_far] { prune_audit_step(before, so_far); });
+      return;
+    }
+    if (so_far > 0) {
+      log->info("pruned {} audit row(s) written before {}", so_far, format_time(before));
     }
   }
 
@@ -923,6 +938,7 @@ struct Worker::Impl {
     on_stopped = std::move(done);
     wake_timer->cancel();
     summary_timer->cancel();
+    if (prune_timer) prune_timer->cancel();
     log->info("stopping: {} request(s) in flight, {} token(s) in hand; summary: {}", requests,
               active.size(), summary_line());
     // Tokens still waiting for a slot, or forced ids not claimed yet, go back at once.
@@ -961,6 +977,7 @@ struct Worker::Impl {
     running = false;
     wake_timer->cancel();
     summary_timer->cancel();
+    if (prune_timer) prune_timer->cancel();
     give_up();
   }
 

@@ -72,6 +72,7 @@ TEST_F(GenericTest, ClientSecretPostPutsTheCredentialsInTheForm) {
   Outcome o = run(client(), Operation::kRefresh, token_, secrets());
   ASSERT_TRUE(o.ok) << o.failure.message;
   EXPECT_FALSE(o.expires_at) << "no expires_in: the expiry is unknown";
+  EXPECT_TRUE(o.expiry_unknown) << "and the old token's expiry is not kept";
   EXPECT_TRUE(o.secrets->refresh_token.empty()) << "not rotated: the stored one is kept";
   const HttpRequest& r = http_.requests().at(0);
   EXPECT_EQ(field(r.body, "client_id"), "client%3A1");

@@ -273,6 +273,7 @@ TEST_P(StoreTest, AuditTrailIsChainedPrunedAndTamperingIsFound) {
     const std::vector<AuditRow> list = rows ? std::move(*rows) : std::vector<AuditRow>{};
     for (const AuditRow& r : list)
       v.add(r);
+    v.finish();
     return v.problem();
   };
   std::vector<AuditEntry> entries;
@@ -295,28 +296,57 @@ TEST_P(StoreTest, AuditTrailIsChainedPrunedAndTamperingIsFound) {
   EXPECT_EQ(store->read_audit(8, 100, "")->size(), 2u);
   EXPECT_EQ(verify(), "");
 
-  // Pruning keeps the chain verifiable from its anchor, and says so in a row of its own.
-  auto pruned =
-      store->prune_audit(kStoreNow + std::chrono::hours(4), kStoreNow + 10h, "daemon:h:1");
-  ASSERT_TRUE(pruned) << pruned.error().message();
-  EXPECT_EQ(*pruned, 4u);
+  // Pruning keeps the chain verifiable from its anchor and says so, in the same transaction, in a
+  // row of its own. In batches; only the oldest rows; never past a row that is not old enough.
+  const SysTime cut = kStoreNow + std::chrono::hours(4);
+  EXPECT_EQ(*store->prune_audit(cut, 3, kStoreNow + 10h, "daemon:h:1"), 3u);
+  EXPECT_EQ(*store->prune_audit(cut, 3, kStoreNow + 10h, "daemon:h:1"), 1u);
+  EXPECT_EQ(*store->prune_audit(cut, 3, kStoreNow + 10h, "daemon:h:1"), 0u);
   EXPECT_EQ(store->audit_anchor()->seq, 4);
-  EXPECT_EQ(store->read_audit(0, 100, "")->front().seq, 5);
-  EXPECT_EQ(store->read_audit(0, 100, "")->back().entry.action, "prune");
+  auto after_prune = *store->read_audit(0, 100, "");
+  EXPECT_EQ(after_prune.front().seq, 5);
+  EXPECT_EQ(after_prune.back().entry.action, "prune");
+  EXPECT_NE(after_prune.back().entry.detail.find("the chain now starts after row 4 (hash "),
+            std::string::npos)
+      << after_prune.back().entry.detail;
+  EXPECT_EQ(verify(), "");
+  // A cut far in the future still keeps the newest row, the chain's head.
+  const std::int64_t head = after_prune.back().seq;
+  EXPECT_EQ(*store->prune_audit(kStoreNow + 1000h, 1000, kStoreNow + 11h, "daemon:h:1"),
+            static_cast<std::size_t>(head - 5));
+  EXPECT_EQ(store->read_audit(0, 100, "")->size(), 2u) << "the old head and the new prune row";
   EXPECT_EQ(verify(), "");
 
   // Rows are never updated: the database refuses it.
-  raw_exec_expect_failure("UPDATE audit SET detail = 'x' WHERE seq = 7");
+  const std::size_t kept = store->read_audit(0, 100, "")->size();
+  ASSERT_TRUE(store->append_audit(entries));
+  const std::int64_t first = head;  // the oldest row left
+  auto seq = [&](int k) { return std::to_string(first + k); };
+  ASSERT_EQ(store->read_audit(0, 100, "")->size(), kept + entries.size());
+  raw_exec_expect_failure("UPDATE audit SET detail = 'x' WHERE seq = " + seq(3));
   // Someone who drops that guard and edits a row, or deletes one, is found.
   raw_exec(sqlite() ? "DROP TRIGGER audit_append_only" : "DROP TRIGGER audit_append_only ON audit");
-  raw_exec("UPDATE audit SET outcome = 'failed: revoked' WHERE seq = 7");
-  EXPECT_EQ(verify(), "row 7 was changed after it was written");
-  raw_exec("UPDATE audit SET outcome = 'ok' WHERE seq = 7");
+  raw_exec("UPDATE audit SET outcome = 'failed: revoked' WHERE seq = " + seq(3));
+  EXPECT_EQ(verify(), "row " + seq(3) + " was changed after it was written");
+  raw_exec("UPDATE audit SET outcome = 'ok' WHERE seq = " + seq(3));
   EXPECT_EQ(verify(), "");
-  raw_exec("DELETE FROM audit WHERE seq = 8");
-  EXPECT_EQ(verify(), "row 8 is missing (deleted)");
-  raw_exec("DELETE FROM audit WHERE seq <= 6");
-  EXPECT_EQ(verify(), "rows 5 to 6 are missing (deleted)") << "the oldest rows, without a prune";
+  // Deleting the oldest rows is found; so is moving the anchor by hand to hide it, since the last
+  // prune row named another starting point.
+  AuditHash hash1{};
+  const std::vector<AuditRow> before_delete = *store->read_audit(0, 100, "");
+  for (const AuditRow& r : before_delete) {
+    if (std::to_string(r.seq) == seq(1)) hash1 = r.hash;
+  }
+  raw_exec("DELETE FROM audit WHERE seq <= " + seq(1));
+  EXPECT_EQ(verify(), "rows " + seq(0) + " to " + seq(1) + " are missing (deleted)");
+  const std::string literal =
+      sqlite() ? "X'" + audit_hash_hex(hash1) + "'" : "'\\x" + audit_hash_hex(hash1) + "'::bytea";
+  raw_exec("UPDATE audit_anchor SET seq = " + seq(1) + ", hash = " + literal);
+  EXPECT_NE(verify().find("is not the one the last prune recorded"), std::string::npos) << verify();
+  raw_exec("DELETE FROM audit WHERE seq = " + seq(5));
+  EXPECT_EQ(verify(), "row " + seq(5) + " is missing (deleted)");
+  raw_exec("DELETE FROM audit");
+  EXPECT_NE(verify().find("every row was deleted"), std::string::npos) << verify();
 }
 
 TEST_P(StoreTest, RefusesADatabaseFromANewerVersion) {

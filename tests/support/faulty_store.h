@@ -146,8 +146,9 @@ class FaultyStore final : public TokenStore {
     return inner_.read_audit(after_seq, limit, token_id);
   }
   Result<AuditAnchor> audit_anchor() override { return inner_.audit_anchor(); }
-  Result<std::size_t> delete_audit_before(SysTime before) override {
-    return inner_.delete_audit_before(before);
+  Result<std::size_t> prune_audit(SysTime before, std::size_t max_rows, SysTime now,
+                                  std::string_view actor) override {
+    return inner_.prune_audit(before, max_rows, now, actor);
   }
 
  private:
