@@ -166,8 +166,9 @@ TEST_F(LocalApiTest, GetHandsOutTheCurrentTokenAndTheErrorsSayWhy) {
 TEST_F(LocalApiTest, FiftyConcurrentForcedRefreshesMakeOneProviderRequest) {
   const std::string id = seed("accounts/2");
   const std::string before = sim_.account("google", "accounts/2")["access_token"];
-  // Each renewal takes 800 ms at the provider, so all 50 calls arrive while it is under way.
-  sim_.fault({{"provider", "google"}, {"kind", "delay"}, {"delay_ms", 800}, {"count", -1}});
+  // Each renewal takes 3 s at the provider, so all 50 calls arrive while it is under way (under
+  // TSan, 50 threads connecting take over a second).
+  sim_.fault({{"provider", "google"}, {"kind", "delay"}, {"delay_ms", 3000}, {"count", -1}});
   serve({getuid()});
   std::vector<Reply> replies(50);
   std::vector<std::thread> callers;
