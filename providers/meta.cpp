@@ -289,9 +289,9 @@ class MetaClient final : public ProviderClient {
       auto doc = read(r, kDebug, o, {&input, &app_secret_}, ErrorsAbout::kApp);
       if (!doc) return done(std::move(o));
       const nlohmann::json& data = doc->value("data", nlohmann::json());
-      if (!data.is_object() || !data.contains("is_valid")) {
+      if (!data.is_object() || !data.contains("is_valid") || !data["is_valid"].is_boolean()) {
         o.ok = false;
-        o.failure = providers::malformed(r, kDebug, "no data.is_valid");
+        o.failure = providers::malformed(r, kDebug, "no boolean data.is_valid");
         return done(std::move(o));
       }
       if (!data.value("is_valid", false)) {
